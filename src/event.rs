@@ -1,0 +1,711 @@
+//! The event of wire contract v1: typed parsing, validation, and canonical bytes.
+//!
+//! Parsing is typed (`serde` into borrowed fields) with the payload kept as a raw JSON slice,
+//! which is canonicalized once; a generic `serde_json::Value` would halve throughput. Every
+//! refusal names the field and says why in words an upstream developer can act on, and one
+//! bad event never affects another: parsing is per event, and nothing here panics on input.
+//!
+//! The **canonical record** is the RFC 8785 (JCS) form of the stored event:
+//!
+//! ```text
+//! {"action":…,"actor":{"id":…,"role":…?,"type":…},"correlation_id":…?,"event_id":…,
+//!  "ingested_at":…,"occurred_at":…,"origin":{"device":…?,"ip":…?}?,"payload":{…},
+//!  "retention_class":…,"source":…,"subject":{"id":…,"type":…}}
+//! ```
+//!
+//! (`?` = omitted when absent; timestamps as `YYYY-MM-DDTHH:MM:SS.ffffffZ`; `retention_class`
+//! is the resolved class.) Its bytes are the Merkle leaf's input. The **content digest** used
+//! for idempotency is SHA-256 of the same form *without* `ingested_at` and with
+//! `retention_class` as submitted (omitted when not submitted): what the upstream said, not
+//! what we added.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::canonical::{self, write_string};
+use crate::merkle::{self, Hash};
+use crate::timestamp::{Timestamp, TimestampError};
+
+/// Who acted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ActorType {
+    User,
+    System,
+    Service,
+}
+
+impl ActorType {
+    pub const ALL: [ActorType; 3] = [ActorType::User, ActorType::System, ActorType::Service];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorType::User => "USER",
+            ActorType::System => "SYSTEM",
+            ActorType::Service => "SERVICE",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+/// Through which channel the event reached the firm's systems.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    Fix,
+    Ui,
+    Api,
+    System,
+}
+
+impl Source {
+    pub const ALL: [Source; 4] = [Source::Fix, Source::Ui, Source::Api, Source::System];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Fix => "FIX",
+            Source::Ui => "UI",
+            Source::Api => "API",
+            Source::System => "SYSTEM",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    pub kind: ActorType,
+    pub id: String,
+    pub role: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subject {
+    pub kind: String,
+    pub id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub ip: Option<String>,
+    pub device: Option<String>,
+}
+
+/// A validated event as the upstream submitted it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub event_id: String,
+    pub occurred_at: Timestamp,
+    pub actor: Actor,
+    pub action: String,
+    pub subject: Subject,
+    pub origin: Option<Origin>,
+    pub source: Source,
+    /// As submitted; the resolved class lives in [`Record`].
+    pub retention_class: Option<String>,
+    pub correlation_id: Option<String>,
+    /// The payload object in canonical (JCS) form.
+    pub payload: String,
+}
+
+/// Limits applied while parsing.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest accepted event, in bytes of its JSON text.
+    pub max_event_bytes: usize,
+    /// Latest accepted `occurred_at` (now plus the allowed clock skew).
+    pub latest_occurred_at: Timestamp,
+}
+
+/// What kind of problem an event had; the stable, low-cardinality code used in responses and
+/// metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectKind {
+    /// Not parseable as JSON (truncated, garbage, trailing characters).
+    Malformed,
+    InvalidUtf8,
+    TooLarge,
+    MissingField,
+    UnknownField,
+    WrongType,
+    /// A value of the right type that the contract does not allow.
+    InvalidValue,
+    InvalidTimestamp,
+    InvalidEventId,
+    PayloadNotObject,
+    /// The same `event_id` was archived before with different content.
+    Conflict,
+}
+
+impl RejectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectKind::Malformed => "malformed",
+            RejectKind::InvalidUtf8 => "invalid_utf8",
+            RejectKind::TooLarge => "too_large",
+            RejectKind::MissingField => "missing_field",
+            RejectKind::UnknownField => "unknown_field",
+            RejectKind::WrongType => "wrong_type",
+            RejectKind::InvalidValue => "invalid_value",
+            RejectKind::InvalidTimestamp => "invalid_timestamp",
+            RejectKind::InvalidEventId => "invalid_event_id",
+            RejectKind::PayloadNotObject => "payload_not_object",
+            RejectKind::Conflict => "conflict",
+        }
+    }
+}
+
+/// Why one event was refused: the field (a dotted path, `None` for the event as a whole) and
+/// a sentence. The caller adds the event's position.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}{reason}", field.as_deref().map(|f| format!("{f}: ")).unwrap_or_default())]
+pub struct EventError {
+    pub kind: RejectKind,
+    pub field: Option<String>,
+    pub reason: String,
+    /// The event's `event_id` when it could be read.
+    pub event_id: Option<String>,
+}
+
+impl EventError {
+    fn new(kind: RejectKind, field: Option<&str>, reason: impl Into<String>) -> Self {
+        EventError { kind, field: field.map(str::to_owned), reason: reason.into(), event_id: None }
+    }
+
+    fn field(kind: RejectKind, field: &str, reason: impl Into<String>) -> Self {
+        Self::new(kind, Some(field), reason)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireEvent<'a> {
+    #[serde(borrow, default)]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    occurred_at: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    actor: Option<WireActor<'a>>,
+    #[serde(borrow, default)]
+    action: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    subject: Option<WireSubject<'a>>,
+    #[serde(borrow, default)]
+    origin: Option<WireOrigin<'a>>,
+    #[serde(borrow, default)]
+    source: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    retention_class: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    correlation_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireActor<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    role: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireSubject<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireOrigin<'a> {
+    #[serde(borrow, default)]
+    ip: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    device: Option<Cow<'a, str>>,
+}
+
+/// Largest `event_id` and `correlation_id`, in characters.
+pub const MAX_ID_LEN: usize = 128;
+/// Largest free-text identifier (actor id, subject id, role, device), in bytes.
+pub const MAX_TEXT_LEN: usize = 256;
+
+/// Parses and validates one event from its JSON text.
+pub fn parse_event(bytes: &[u8], limits: &Limits) -> Result<Event, EventError> {
+    parse_inner(bytes, limits).map_err(|mut e| {
+        if e.event_id.is_none() {
+            e.event_id = sniff_event_id(bytes);
+        }
+        e
+    })
+}
+
+fn parse_inner(bytes: &[u8], limits: &Limits) -> Result<Event, EventError> {
+    use RejectKind::*;
+    if bytes.len() > limits.max_event_bytes {
+        return Err(EventError::new(
+            TooLarge,
+            None,
+            format!("the event is {} bytes; the limit is {} bytes", bytes.len(), limits.max_event_bytes),
+        ));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        EventError::new(InvalidUtf8, None, format!("invalid UTF-8 at byte {} of the event", e.valid_up_to()))
+    })?;
+    if text.trim().is_empty() {
+        return Err(EventError::new(Malformed, None, "empty event"));
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let wire: WireEvent<'_> = serde_path_to_error::deserialize(&mut de).map_err(map_serde_error)?;
+    de.end().map_err(|e| EventError::new(Malformed, None, format!("{}", strip_position(&e))))?;
+
+    let mut wire = wire;
+    let event_id = required(wire.event_id.take(), "event_id")?.into_owned();
+    check_id(&event_id, "event_id", InvalidEventId)?;
+    let with_id = |mut e: EventError| {
+        e.event_id = Some(event_id.to_string());
+        e
+    };
+    build(wire, &event_id, limits).map_err(with_id)
+}
+
+fn build(wire: WireEvent<'_>, event_id: &str, limits: &Limits) -> Result<Event, EventError> {
+    use RejectKind::*;
+    let occurred_raw = required(wire.occurred_at, "occurred_at")?;
+    let occurred_at = Timestamp::parse_rfc3339(&occurred_raw)
+        .map_err(|e: TimestampError| EventError::field(InvalidTimestamp, "occurred_at", e.to_string()))?;
+    if occurred_at < Timestamp::UNIX_EPOCH {
+        return Err(EventError::field(InvalidTimestamp, "occurred_at", "is before 1970-01-01T00:00:00Z"));
+    }
+    if occurred_at > limits.latest_occurred_at {
+        return Err(EventError::field(
+            InvalidTimestamp,
+            "occurred_at",
+            format!(
+                "{occurred_at} is in the future (later than {}, which allows for clock skew)",
+                limits.latest_occurred_at
+            ),
+        ));
+    }
+
+    let wa = wire.actor.ok_or_else(|| missing("actor"))?;
+    let kind_raw = required(wa.kind, "actor.type")?;
+    let kind = ActorType::parse(&kind_raw).ok_or_else(|| {
+        EventError::field(InvalidValue, "actor.type", format!("must be one of USER, SYSTEM, SERVICE (got {kind_raw:?})"))
+    })?;
+    let actor = Actor {
+        kind,
+        id: text_field(required(wa.id, "actor.id")?, "actor.id")?,
+        role: wa.role.map(|r| text_field(r, "actor.role")).transpose()?,
+    };
+
+    let action = required(wire.action, "action")?;
+    check_id(&action, "action", InvalidValue)?;
+
+    let ws = wire.subject.ok_or_else(|| missing("subject"))?;
+    let subject = Subject {
+        kind: {
+            let k = required(ws.kind, "subject.type")?;
+            check_id(&k, "subject.type", InvalidValue)?;
+            k.into_owned()
+        },
+        id: text_field(required(ws.id, "subject.id")?, "subject.id")?,
+    };
+
+    let origin = match wire.origin {
+        None => None,
+        Some(o) => {
+            let ip = o
+                .ip
+                .map(|ip| {
+                    match ip.parse::<std::net::IpAddr>() {
+                        Ok(_) => Ok(ip.into_owned()),
+                        Err(_) => Err(EventError::field(
+                            InvalidValue,
+                            "origin.ip",
+                            format!("{ip:?} is not an IPv4 or IPv6 address"),
+                        )),
+                    }
+                })
+                .transpose()?;
+            let device = o.device.map(|d| text_field(d, "origin.device")).transpose()?;
+            if ip.is_none() && device.is_none() {
+                return Err(EventError::field(MissingField, "origin", "must name at least one of `ip` and `device`"));
+            }
+            Some(Origin { ip, device })
+        }
+    };
+    if actor.kind == ActorType::User && origin.is_none() {
+        return Err(EventError::field(
+            MissingField,
+            "origin",
+            "is required when actor.type is USER (where the person acted from)",
+        ));
+    }
+
+    let source_raw = required(wire.source, "source")?;
+    let source = Source::parse(&source_raw).ok_or_else(|| {
+        EventError::field(InvalidValue, "source", format!("must be one of FIX, UI, API, SYSTEM (got {source_raw:?})"))
+    })?;
+
+    let retention_class = wire
+        .retention_class
+        .map(|c| {
+            if c.is_empty() {
+                Err(EventError::field(InvalidValue, "retention_class", "must not be empty when present"))
+            } else {
+                Ok(c.into_owned())
+            }
+        })
+        .transpose()?;
+    let correlation_id = wire
+        .correlation_id
+        .map(|c| check_id(&c, "correlation_id", InvalidValue).map(|_| c.into_owned()))
+        .transpose()?;
+
+    let raw = wire.payload.ok_or_else(|| missing("payload"))?;
+    let raw = raw.get();
+    if !raw.starts_with('{') {
+        let got = match raw.as_bytes()[0] {
+            b'[' => "an array",
+            b'"' => "a string",
+            b'n' => "null",
+            b't' | b'f' => "a boolean",
+            _ => "a number",
+        };
+        return Err(EventError::field(PayloadNotObject, "payload", format!("must be a JSON object (got {got})")));
+    }
+    let mut payload = String::with_capacity(raw.len());
+    canonical::canonicalize_into(raw, "payload", &mut payload)
+        .map_err(|e| EventError::field(InvalidValue, &e.path, e.reason))?;
+
+    Ok(Event {
+        event_id: event_id.to_owned(),
+        occurred_at,
+        actor,
+        action: action.into_owned(),
+        subject,
+        origin,
+        source,
+        retention_class,
+        correlation_id,
+        payload,
+    })
+}
+
+fn missing(field: &str) -> EventError {
+    EventError::field(RejectKind::MissingField, field, "is required (missing or null)")
+}
+
+fn required<'a>(v: Option<Cow<'a, str>>, field: &str) -> Result<Cow<'a, str>, EventError> {
+    v.ok_or_else(|| missing(field))
+}
+
+/// Identifiers: 1-128 visible ASCII characters (0x21-0x7E), no spaces.
+fn check_id(s: &str, field: &str, kind: RejectKind) -> Result<(), EventError> {
+    if s.is_empty() {
+        return Err(EventError::field(kind, field, "must not be empty"));
+    }
+    if s.len() > MAX_ID_LEN {
+        return Err(EventError::field(kind, field, format!("is {} characters long; at most {MAX_ID_LEN} are allowed", s.len())));
+    }
+    if let Some((i, c)) = s.char_indices().find(|&(_, c)| !('\x21'..='\x7e').contains(&c)) {
+        return Err(EventError::field(
+            kind,
+            field,
+            format!("has {c:?} at position {i}; only visible ASCII characters (no spaces) are allowed"),
+        ));
+    }
+    Ok(())
+}
+
+/// Free-text identifiers: 1-256 bytes of UTF-8 without control characters.
+fn text_field(s: Cow<'_, str>, field: &str) -> Result<String, EventError> {
+    use RejectKind::InvalidValue;
+    if s.trim().is_empty() {
+        return Err(EventError::field(InvalidValue, field, "must not be empty or blank"));
+    }
+    if s.len() > MAX_TEXT_LEN {
+        return Err(EventError::field(InvalidValue, field, format!("is {} bytes long; at most {MAX_TEXT_LEN} are allowed", s.len())));
+    }
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        return Err(EventError::field(InvalidValue, field, format!("contains the control character {c:?}")));
+    }
+    Ok(s.into_owned())
+}
+
+fn strip_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => format!("{} (column {})", &text[..i], e.column()),
+        None => text,
+    }
+}
+
+fn map_serde_error(e: serde_path_to_error::Error<serde_json::Error>) -> EventError {
+    use RejectKind::*;
+    let path = e.path().to_string();
+    let inner = e.inner();
+    let msg = strip_position(inner);
+    let field = (path != "." && !path.is_empty()).then_some(path);
+    match inner.classify() {
+        serde_json::error::Category::Data => {
+            if let Some(rest) = msg.strip_prefix("unknown field `") {
+                let name = rest.split('`').next().unwrap_or_default();
+                let full = match &field {
+                    Some(p) if !p.ends_with(name) => format!("{p}.{name}"),
+                    Some(p) => p.clone(),
+                    None => name.to_owned(),
+                };
+                let allowed = rest.split_once("expected ").map(|x| x.1).unwrap_or("");
+                let allowed = allowed.split(" (column").next().unwrap_or(allowed);
+                return EventError::new(
+                    UnknownField,
+                    Some(&full),
+                    format!("is not a field of the contract (allowed here: {allowed}); put extra data in `payload`"),
+                );
+            }
+            if msg.starts_with("invalid type") {
+                let reason = msg.replacen("invalid type: ", "wrong type: got ", 1).replacen(", expected", ", expected", 1);
+                return EventError { kind: WrongType, field, reason, event_id: None };
+            }
+            EventError { kind: Malformed, field, reason: msg, event_id: None }
+        }
+        _ => EventError { kind: Malformed, field: None, reason: format!("not valid JSON: {msg}"), event_id: None },
+    }
+}
+
+/// Finds a plausible `event_id` in a broken event, so that its rejection can name it.
+fn sniff_event_id(bytes: &[u8]) -> Option<String> {
+    let window = &bytes[..bytes.len().min(64 * 1024)];
+    let at = memchr::memmem::find(window, b"\"event_id\"")?;
+    let mut rest = &window[at + 10..];
+    while let [b' ' | b'\t' | b'\r' | b'\n', tail @ ..] = rest {
+        rest = tail;
+    }
+    let [b':', tail @ ..] = rest else { return None };
+    rest = tail;
+    while let [b' ' | b'\t' | b'\r' | b'\n', tail @ ..] = rest {
+        rest = tail;
+    }
+    let [b'"', tail @ ..] = rest else { return None };
+    let end = tail.iter().take(MAX_ID_LEN + 1).position(|&b| b == b'"')?;
+    let id = &tail[..end];
+    (!id.is_empty() && id.iter().all(|b| (0x21..=0x7e).contains(b) && *b != b'\\'))
+        .then(|| String::from_utf8_lossy(id).into_owned())
+}
+
+/// An accepted event with everything the archive adds: when it was ingested, its resolved
+/// retention class, its canonical bytes and hashes.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub event: Event,
+    pub ingested_at: Timestamp,
+    pub retention_class: Arc<str>,
+    /// The canonical record (see the module docs): the leaf's input.
+    pub canonical: Vec<u8>,
+    pub leaf: Hash,
+    /// SHA-256 of the submitted content, for idempotency.
+    pub digest: Hash,
+}
+
+impl Record {
+    pub fn new(event: Event, ingested_at: Timestamp, retention_class: Arc<str>) -> Record {
+        let mut submitted = String::with_capacity(event.payload.len() + 384);
+        write_canonical(&event, None, event.retention_class.as_deref(), &mut submitted);
+        let digest = merkle::sha256(submitted.as_bytes());
+        let mut stored = String::with_capacity(submitted.len() + 80);
+        write_canonical(&event, Some(ingested_at), Some(&retention_class), &mut stored);
+        let canonical = stored.into_bytes();
+        let leaf = merkle::leaf_hash(&canonical);
+        Record { event, ingested_at, retention_class, canonical, leaf, digest }
+    }
+
+    /// Bytes this record holds in memory, roughly; used for batch size limits.
+    pub fn weight(&self) -> usize {
+        self.canonical.len() * 2 + 256
+    }
+}
+
+/// Writes the JCS form of an event. Keys are emitted in RFC 8785 order (all ASCII, so byte
+/// order); a test checks the output is a fixed point of [`canonical::canonicalize`].
+pub fn write_canonical(e: &Event, ingested_at: Option<Timestamp>, class: Option<&str>, out: &mut String) {
+    out.push_str("{\"action\":");
+    write_string(out, &e.action);
+    out.push_str(",\"actor\":{\"id\":");
+    write_string(out, &e.actor.id);
+    if let Some(role) = &e.actor.role {
+        out.push_str(",\"role\":");
+        write_string(out, role);
+    }
+    out.push_str(",\"type\":\"");
+    out.push_str(e.actor.kind.as_str());
+    out.push_str("\"}");
+    if let Some(c) = &e.correlation_id {
+        out.push_str(",\"correlation_id\":");
+        write_string(out, c);
+    }
+    out.push_str(",\"event_id\":");
+    write_string(out, &e.event_id);
+    if let Some(t) = ingested_at {
+        out.push_str(",\"ingested_at\":\"");
+        out.push_str(&t.to_string());
+        out.push('"');
+    }
+    out.push_str(",\"occurred_at\":\"");
+    out.push_str(&e.occurred_at.to_string());
+    out.push('"');
+    if let Some(o) = &e.origin {
+        out.push_str(",\"origin\":{");
+        let mut first = true;
+        if let Some(d) = &o.device {
+            out.push_str("\"device\":");
+            write_string(out, d);
+            first = false;
+        }
+        if let Some(ip) = &o.ip {
+            if !first {
+                out.push(',');
+            }
+            out.push_str("\"ip\":");
+            write_string(out, ip);
+        }
+        out.push('}');
+    }
+    out.push_str(",\"payload\":");
+    out.push_str(&e.payload);
+    if let Some(c) = class {
+        out.push_str(",\"retention_class\":");
+        write_string(out, c);
+    }
+    out.push_str(",\"source\":\"");
+    out.push_str(e.source.as_str());
+    out.push_str("\",\"subject\":{\"id\":");
+    write_string(out, &e.subject.id);
+    out.push_str(",\"type\":");
+    write_string(out, &e.subject.kind);
+    out.push_str("}}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_event_bytes: 1 << 20,
+            latest_occurred_at: Timestamp::parse_rfc3339("2026-11-22T00:00:00Z").unwrap(),
+        }
+    }
+
+    const GOOD: &str = r#"{"event_id":"e-1","occurred_at":"2026-11-20T09:03:11.123456-05:00",
+        "actor":{"type":"USER","id":"jdoe","role":"trader"},"action":"trade.amend",
+        "subject":{"type":"trade","id":"T-1001"},"origin":{"ip":"10.2.3.4","device":"ws-114"},
+        "source":"UI","correlation_id":"c-9","payload":{"qty":100,"px":101.25,"b":[true,null]}}"#;
+
+    fn err(json: &str) -> EventError {
+        parse_event(json.as_bytes(), &limits()).unwrap_err()
+    }
+
+    fn with(patch: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        patch(v.as_object_mut().unwrap());
+        v.to_string()
+    }
+
+    #[test]
+    fn parses_the_contract_example() {
+        let e = parse_event(GOOD.as_bytes(), &limits()).unwrap();
+        assert_eq!(e.event_id, "e-1");
+        assert_eq!(e.occurred_at.to_string(), "2026-11-20T14:03:11.123456Z");
+        assert_eq!(e.actor.kind, ActorType::User);
+        assert_eq!(e.payload, r#"{"b":[true,null],"px":101.25,"qty":100}"#);
+    }
+
+    #[test]
+    fn canonical_record_is_a_jcs_fixed_point_and_digest_ignores_ingest() {
+        let e = parse_event(GOOD.as_bytes(), &limits()).unwrap();
+        let t1 = Timestamp::parse_rfc3339("2026-11-21T00:00:00Z").unwrap();
+        let r1 = Record::new(e.clone(), t1, "sec-17a-4-a".into());
+        let text = std::str::from_utf8(&r1.canonical).unwrap();
+        assert_eq!(canonical::canonicalize(text).unwrap(), text);
+        assert!(text.contains(r#""ingested_at":"2026-11-21T00:00:00.000000Z""#));
+        let r2 = Record::new(e.clone(), t1.plus_micros(5), "finra-4511".into());
+        assert_eq!(r1.digest, r2.digest, "the digest covers what was submitted only");
+        assert_ne!(r1.leaf, r2.leaf);
+        // Reordered keys and whitespace are the same content.
+        let reordered: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        let e2 = parse_event(reordered.to_string().as_bytes(), &limits()).unwrap();
+        assert_eq!(Record::new(e2, t1, "sec-17a-4-a".into()).digest, r1.digest);
+        // Minimal events (no optional fields) are fixed points too.
+        let minimal = r#"{"event_id":"m","occurred_at":"2026-11-20T00:00:00Z","actor":{"type":"SYSTEM","id":"batch"},
+            "action":"eod.run","subject":{"type":"job","id":"j"},"source":"SYSTEM","payload":{}}"#;
+        let m = Record::new(parse_event(minimal.as_bytes(), &limits()).unwrap(), t1, "x".into());
+        let text = std::str::from_utf8(&m.canonical).unwrap();
+        assert_eq!(canonical::canonicalize(text).unwrap(), text);
+    }
+
+    #[test]
+    fn every_refusal_names_its_field() {
+        use RejectKind::*;
+        let cases: Vec<(String, RejectKind, Option<&str>)> = vec![
+            (with(|m| { m.remove("action"); }), MissingField, Some("action")),
+            (with(|m| { m.insert("action".into(), serde_json::Value::Null); }), MissingField, Some("action")),
+            (with(|m| { m.insert("extra".into(), 1.into()); }), UnknownField, Some("extra")),
+            (with(|m| { m["actor"]["nick"] = "x".into(); }), UnknownField, Some("actor.nick")),
+            (with(|m| { m.insert("action".into(), 5.into()); }), WrongType, Some("action")),
+            (with(|m| { m["actor"]["type"] = "user".into(); }), InvalidValue, Some("actor.type")),
+            (with(|m| { m.insert("source".into(), "EMAIL".into()); }), InvalidValue, Some("source")),
+            (with(|m| { m.insert("occurred_at".into(), "2026-11-20T14:03:11".into()); }), InvalidTimestamp, Some("occurred_at")),
+            (with(|m| { m.insert("occurred_at".into(), "2031-01-01T00:00:00Z".into()); }), InvalidTimestamp, Some("occurred_at")),
+            (with(|m| { m.insert("occurred_at".into(), "1969-01-01T00:00:00Z".into()); }), InvalidTimestamp, Some("occurred_at")),
+            (with(|m| { m.insert("event_id".into(), "".into()); }), InvalidEventId, Some("event_id")),
+            (with(|m| { m.insert("event_id".into(), "a b".into()); }), InvalidEventId, Some("event_id")),
+            (with(|m| { m.insert("event_id".into(), "x".repeat(129).into()); }), InvalidEventId, Some("event_id")),
+            (with(|m| { m.insert("payload".into(), serde_json::json!([1])); }), PayloadNotObject, Some("payload")),
+            (with(|m| { m.remove("origin"); }), MissingField, Some("origin")),
+            (with(|m| { m["origin"]["ip"] = "10.2.3".into(); }), InvalidValue, Some("origin.ip")),
+            (with(|m| { m["subject"]["id"] = "a\u{7}b".into(); }), InvalidValue, Some("subject.id")),
+            (r#"{"event_id":"t-1","occurred_at":"#.to_owned(), Malformed, None),
+            (format!("{} x", GOOD), Malformed, None),
+        ];
+        for (json, kind, field) in cases {
+            let e = err(&json);
+            assert_eq!((e.kind, e.field.as_deref()), (kind, field), "{json}\n=> {e}");
+            assert!(!e.reason.is_empty());
+        }
+        let big = with(|m| { m["payload"]["blob"] = "x".repeat(2 << 20).into(); });
+        assert_eq!(err(&big).kind, TooLarge);
+        assert_eq!(err(&big).event_id.as_deref(), Some("e-1"));
+        let mut bad = GOOD.as_bytes().to_vec();
+        bad[40] = 0xff;
+        let e = parse_event(&bad, &limits()).unwrap_err();
+        assert_eq!(e.kind, InvalidUtf8);
+        assert_eq!(e.event_id.as_deref(), Some("e-1"));
+        let e = err(&with(|m| { m["payload"]["qty"] = serde_json::Value::Number(serde_json::Number::from(u64::MAX)); }));
+        assert_eq!(e.field.as_deref(), Some("payload.qty"));
+    }
+
+    #[test]
+    fn rejected_events_still_name_their_event_id() {
+        let e = err(&with(|m| { m["actor"]["type"] = "robot".into(); }));
+        assert_eq!(e.event_id.as_deref(), Some("e-1"));
+        assert!(e.reason.contains("USER, SYSTEM, SERVICE"), "{e}");
+        let e = err(r#"{"event_id": "t-9", "occurred_at": 12"#);
+        assert_eq!(e.event_id.as_deref(), Some("t-9"));
+    }
+}

@@ -1,0 +1,335 @@
+//! UTC instants with microsecond precision, and UTC calendar days.
+//!
+//! The wire contract carries RFC 3339 timestamps with an explicit offset. We keep every instant
+//! as microseconds since the Unix epoch in UTC, because that is what Parquet's
+//! `TIMESTAMP(MICROS, UTC)` stores and what DuckDB, Athena and Spark read without surprises.
+//! The one textual form we ever write is `YYYY-MM-DDTHH:MM:SS.ffffffZ` (always six fractional
+//! digits, always `Z`), so that the canonical bytes of an event do not depend on how the
+//! upstream spelled its offset.
+
+use std::fmt;
+
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+
+/// Microseconds per second.
+const MICROS: i64 = 1_000_000;
+/// Microseconds per day.
+const DAY_MICROS: i64 = 86_400 * MICROS;
+
+/// An instant in UTC, in microseconds since 1970-01-01T00:00:00Z.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+/// Why a timestamp string was refused. The messages are written for the upstream developer
+/// who sent it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimestampError {
+    #[error("is not an RFC 3339 timestamp (expected YYYY-MM-DDTHH:MM:SS[.ffffff]Z or ±HH:MM): {0}")]
+    Syntax(&'static str),
+    #[error(
+        "has no UTC offset; append `Z` or `±HH:MM` (a local time without an offset is ambiguous)"
+    )]
+    MissingOffset,
+    #[error("names a date or time that does not exist ({0})")]
+    OutOfRange(&'static str),
+    #[error("has {0} fractional digits with a non-zero part below one microsecond; at most microsecond precision is stored")]
+    SubMicrosecond(usize),
+}
+
+impl Timestamp {
+    pub const UNIX_EPOCH: Timestamp = Timestamp(0);
+
+    pub const fn from_micros(micros: i64) -> Self {
+        Timestamp(micros)
+    }
+
+    pub const fn as_micros(self) -> i64 {
+        self.0
+    }
+
+    pub fn now() -> Self {
+        Self::from_datetime(Utc::now())
+    }
+
+    pub fn from_datetime(t: DateTime<Utc>) -> Self {
+        Timestamp(t.timestamp_micros())
+    }
+
+    pub fn to_datetime(self) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(self.0).expect("timestamps are validated to be in range")
+    }
+
+    /// The UTC day this instant falls on.
+    pub fn day(self) -> Day {
+        Day(self.0.div_euclid(DAY_MICROS) as i32)
+    }
+
+    pub fn plus_micros(self, micros: i64) -> Self {
+        Timestamp(self.0.saturating_add(micros))
+    }
+
+    /// Rounds up to a whole second (S3 retain-until dates carry whole seconds).
+    pub fn ceil_to_second(self) -> Self {
+        let rem = self.0.rem_euclid(MICROS);
+        if rem == 0 {
+            self
+        } else {
+            Timestamp(self.0 - rem + MICROS)
+        }
+    }
+
+    /// Parses an RFC 3339 timestamp with a mandatory offset.
+    ///
+    /// Accepted: `2026-11-20T14:03:11Z`, `2026-11-20T14:03:11.123456Z`,
+    /// `2026-11-20T09:03:11.5-05:00`; a lower-case `t`/`z` as RFC 3339 allows. Refused: a
+    /// missing offset, a space instead of `T`, leap seconds, more than nine fractional
+    /// digits, and non-zero digits below one microsecond.
+    pub fn parse_rfc3339(s: &str) -> Result<Self, TimestampError> {
+        use TimestampError::*;
+        let b = s.as_bytes();
+        let digits = |range: std::ops::Range<usize>| -> Result<u32, TimestampError> {
+            if b.len() < range.end {
+                return Err(Syntax("too short"));
+            }
+            let mut v = 0u32;
+            for &c in &b[range] {
+                if !c.is_ascii_digit() {
+                    return Err(Syntax("expected a digit"));
+                }
+                v = v * 10 + u32::from(c - b'0');
+            }
+            Ok(v)
+        };
+        let year = digits(0..4)?;
+        if b.get(4) != Some(&b'-') {
+            return Err(Syntax("expected `-` after the year"));
+        }
+        let month = digits(5..7)?;
+        if b.get(7) != Some(&b'-') {
+            return Err(Syntax("expected `-` after the month"));
+        }
+        let day = digits(8..10)?;
+        match b.get(10) {
+            Some(b'T' | b't') => {}
+            None => return Err(Syntax("a date alone is not an instant; add a time and offset")),
+            Some(_) => return Err(Syntax("expected `T` between date and time")),
+        }
+        let hour = digits(11..13)?;
+        if b.get(13) != Some(&b':') {
+            return Err(Syntax("expected `:` after the hour"));
+        }
+        let minute = digits(14..16)?;
+        if b.get(16) != Some(&b':') {
+            return Err(Syntax("expected `:` after the minutes (seconds are required)"));
+        }
+        let second = digits(17..19)?;
+        let mut i = 19;
+        let mut micros: i64 = 0;
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            let start = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            let frac = &b[start..i];
+            if frac.is_empty() {
+                return Err(Syntax("expected digits after `.`"));
+            }
+            if frac.len() > 9 {
+                return Err(Syntax("more than nine fractional digits"));
+            }
+            if frac.len() > 6 && frac[6..].iter().any(|&c| c != b'0') {
+                return Err(SubMicrosecond(frac.len()));
+            }
+            for k in 0..6 {
+                micros = micros * 10 + frac.get(k).map_or(0, |&c| i64::from(c - b'0'));
+            }
+        }
+        let offset_secs: i64 = match b.get(i) {
+            None => return Err(MissingOffset),
+            Some(b'Z' | b'z') => {
+                i += 1;
+                0
+            }
+            Some(&sign @ (b'+' | b'-')) => {
+                let oh = digits(i + 1..i + 3)?;
+                if b.get(i + 3) != Some(&b':') {
+                    return Err(Syntax("expected `:` inside the offset (±HH:MM)"));
+                }
+                let om = digits(i + 4..i + 6)?;
+                if oh > 23 || om > 59 {
+                    return Err(OutOfRange("offset"));
+                }
+                i += 6;
+                let v = i64::from(oh * 3600 + om * 60);
+                if sign == b'-' { -v } else { v }
+            }
+            Some(_) => return Err(Syntax("unexpected character where the offset should be")),
+        };
+        if i != b.len() {
+            return Err(Syntax("unexpected characters after the offset"));
+        }
+        if hour > 23 {
+            return Err(OutOfRange("hour"));
+        }
+        if minute > 59 {
+            return Err(OutOfRange("minute"));
+        }
+        if second > 59 {
+            return Err(OutOfRange("second (leap seconds are not accepted)"));
+        }
+        let date = NaiveDate::from_ymd_opt(year as i32, month, day).ok_or(OutOfRange("date"))?;
+        let days = i64::from(date.num_days_from_ce() - UNIX_EPOCH_DAYS_FROM_CE);
+        let secs = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second) - offset_secs;
+        Ok(Timestamp(secs * MICROS + micros))
+    }
+}
+
+/// `NaiveDate::from_ymd(1970, 1, 1).num_days_from_ce()`.
+const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
+
+impl fmt::Display for Timestamp {
+    /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, the one form the archive writes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.div_euclid(MICROS);
+        let micros = self.0.rem_euclid(MICROS);
+        let day = Day(secs.div_euclid(86_400) as i32);
+        let sod = secs.rem_euclid(86_400);
+        write!(
+            f,
+            "{}T{:02}:{:02}:{:02}.{:06}Z",
+            day,
+            sod / 3600,
+            (sod / 60) % 60,
+            sod % 60,
+            micros
+        )
+    }
+}
+
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Timestamp::parse_rfc3339(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A UTC calendar day, as days since 1970-01-01.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Day(i32);
+
+impl Day {
+    pub const fn from_days_since_epoch(days: i32) -> Self {
+        Day(days)
+    }
+
+    pub const fn days_since_epoch(self) -> i32 {
+        self.0
+    }
+
+    pub fn date(self) -> NaiveDate {
+        NaiveDate::from_num_days_from_ce_opt(self.0 + UNIX_EPOCH_DAYS_FROM_CE)
+            .expect("days are in chrono's range")
+    }
+
+    pub fn from_date(date: NaiveDate) -> Self {
+        Day(date.num_days_from_ce() - UNIX_EPOCH_DAYS_FROM_CE)
+    }
+
+    /// 00:00:00 UTC at the start of this day.
+    pub fn start(self) -> Timestamp {
+        Timestamp(i64::from(self.0) * DAY_MICROS)
+    }
+
+    pub fn next(self) -> Day {
+        Day(self.0 + 1)
+    }
+
+    pub fn prev(self) -> Day {
+        Day(self.0 - 1)
+    }
+
+    /// Parses `YYYY-MM-DD`.
+    pub fn parse(s: &str) -> Option<Day> {
+        if s.len() != 10 {
+            return None;
+        }
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().map(Day::from_date)
+    }
+}
+
+impl fmt::Display for Day {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.date();
+        write!(f, "{:04}-{:02}-{:02}", d.year(), d.month(), d.day())
+    }
+}
+
+impl serde::Serialize for Day {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Day {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Day::parse(&s).ok_or_else(|| serde::de::Error::custom("expected a day as YYYY-MM-DD"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        Timestamp::parse_rfc3339(s).unwrap()
+    }
+
+    #[test]
+    fn parses_and_normalises_to_utc_micros() {
+        assert_eq!(ts("1970-01-01T00:00:00Z").as_micros(), 0);
+        assert_eq!(ts("2026-11-20T14:03:11.123456Z").to_string(), "2026-11-20T14:03:11.123456Z");
+        assert_eq!(ts("2026-11-20T09:03:11.5-05:00").to_string(), "2026-11-20T14:03:11.500000Z");
+        assert_eq!(ts("2026-11-21T00:30:00+01:00").day().to_string(), "2026-11-20");
+        assert_eq!(ts("2026-11-20t14:03:11.123456z").to_string(), "2026-11-20T14:03:11.123456Z");
+        assert_eq!(ts("2026-11-20T14:03:11.123456000Z"), ts("2026-11-20T14:03:11.123456Z"));
+        assert_eq!(ts("1969-12-31T23:59:59.999999Z").as_micros(), -1);
+        assert_eq!(ts("1969-12-31T23:59:59.999999Z").to_string(), "1969-12-31T23:59:59.999999Z");
+    }
+
+    #[test]
+    fn refuses_what_is_not_an_instant() {
+        use TimestampError::*;
+        let err = |s: &str| Timestamp::parse_rfc3339(s).unwrap_err();
+        assert_eq!(err("2026-11-20T14:03:11"), MissingOffset);
+        assert_eq!(err("2026-11-20T14:03:11.123"), MissingOffset);
+        assert!(matches!(err("2026-11-20 14:03:11Z"), Syntax(_)));
+        assert!(matches!(err("2026-11-20"), Syntax(_)));
+        assert!(matches!(err("2026-02-30T00:00:00Z"), OutOfRange("date")));
+        assert!(matches!(err("2026-11-20T24:00:00Z"), OutOfRange("hour")));
+        assert!(matches!(err("2026-12-31T23:59:60Z"), OutOfRange(_)));
+        assert!(matches!(err("2026-11-20T14:03:11.1234567Z"), SubMicrosecond(7)));
+        assert!(matches!(err("2026-11-20T14:03:11Z "), Syntax(_)));
+        assert!(matches!(err("2026-11-20T14:03:11+0100"), Syntax(_)));
+        assert!(matches!(err("20261120T140311Z"), Syntax(_)));
+        assert!(matches!(err(""), Syntax(_)));
+    }
+
+    #[test]
+    fn days_and_rounding() {
+        let d = Day::parse("2024-02-29").unwrap();
+        assert_eq!(d.to_string(), "2024-02-29");
+        assert_eq!(d.next().to_string(), "2024-03-01");
+        assert_eq!(d.start(), ts("2024-02-29T00:00:00Z"));
+        assert_eq!(Day::parse("2024-2-29"), None);
+        assert_eq!(ts("2026-01-01T00:00:00.000001Z").ceil_to_second(), ts("2026-01-01T00:00:01Z"));
+        assert_eq!(ts("2026-01-01T00:00:01Z").ceil_to_second(), ts("2026-01-01T00:00:01Z"));
+    }
+}
