@@ -34,7 +34,11 @@ pub struct CanonicalError {
 /// `serde_json::value::RawValue`) and appends the JCS bytes to `out`. `root` names the value
 /// in error paths.
 pub fn canonicalize_into(json: &str, root: &str, out: &mut String) -> Result<(), CanonicalError> {
-    let mut p = Parser { s: json.as_bytes(), i: 0, path: vec![Seg::Key(root.to_owned())] };
+    let mut p = Parser {
+        s: json.as_bytes(),
+        i: 0,
+        path: vec![Seg::Key(root.to_owned())],
+    };
     p.ws();
     p.value(out, 0)?;
     p.ws();
@@ -55,7 +59,9 @@ pub fn canonicalize(json: &str) -> Result<String, CanonicalError> {
 /// write ourselves; their numbers are integers well inside the exact range).
 pub fn to_canonical_vec<T: serde::Serialize>(value: &T) -> Vec<u8> {
     let text = serde_json::to_string(value).expect("our documents serialize");
-    canonicalize(&text).expect("our documents have a canonical form").into_bytes()
+    canonicalize(&text)
+        .expect("our documents have a canonical form")
+        .into_bytes()
 }
 
 /// Appends `s` as a JCS string literal.
@@ -174,10 +180,18 @@ impl Decimal {
         let mut point = int.len() as i64 - lead as i64 + exp;
         let digits = digits[lead..].trim_end_matches('0').to_owned();
         if digits.is_empty() {
-            return Some(Decimal { neg: false, digits, point: 0 });
+            return Some(Decimal {
+                neg: false,
+                digits,
+                point: 0,
+            });
         }
         point = point.clamp(i64::from(i32::MIN), i64::from(i32::MAX));
-        Some(Decimal { neg, digits, point: point as i32 })
+        Some(Decimal {
+            neg,
+            digits,
+            point: point as i32,
+        })
     }
 }
 
@@ -207,7 +221,10 @@ impl Parser<'_> {
                 }
             }
         }
-        CanonicalError { path, reason: reason.into() }
+        CanonicalError {
+            path,
+            reason: reason.into(),
+        }
     }
 
     fn ws(&mut self) {
@@ -261,7 +278,9 @@ impl Parser<'_> {
             self.i += 1;
         }
         let text = std::str::from_utf8(&self.s[start..self.i]).expect("ASCII");
-        let x: f64 = text.parse().map_err(|_| self.err(format!("`{text}` is not a number")))?;
+        let x: f64 = text
+            .parse()
+            .map_err(|_| self.err(format!("`{text}` is not a number")))?;
         if !x.is_finite() {
             return Err(self.err(format!(
                 "the number {text} is outside the range of an IEEE 754 double; send it as a string"
@@ -283,7 +302,8 @@ impl Parser<'_> {
         self.expect(b'"')?;
         let start = self.i;
         let rest = &self.s[start..];
-        let end = memchr::memchr2(b'"', b'\\', rest).ok_or_else(|| self.err("unterminated string"))?;
+        let end =
+            memchr::memchr2(b'"', b'\\', rest).ok_or_else(|| self.err("unterminated string"))?;
         if rest[end] == b'"' {
             self.i = start + end + 1;
             let s = std::str::from_utf8(&self.s[start..start + end])
@@ -292,12 +312,18 @@ impl Parser<'_> {
         }
         let mut buf: Vec<u8> = Vec::with_capacity(rest.len().min(64));
         loop {
-            let b = *self.s.get(self.i).ok_or_else(|| self.err("unterminated string"))?;
+            let b = *self
+                .s
+                .get(self.i)
+                .ok_or_else(|| self.err("unterminated string"))?;
             self.i += 1;
             match b {
                 b'"' => break,
                 b'\\' => {
-                    let e = *self.s.get(self.i).ok_or_else(|| self.err("unterminated escape"))?;
+                    let e = *self
+                        .s
+                        .get(self.i)
+                        .ok_or_else(|| self.err("unterminated escape"))?;
                     self.i += 1;
                     let c: char = match e {
                         b'"' => '"',
@@ -341,7 +367,10 @@ impl Parser<'_> {
     }
 
     fn hex4(&mut self) -> Result<u32, CanonicalError> {
-        let h = self.s.get(self.i..self.i + 4).ok_or_else(|| self.err("short \\u escape"))?;
+        let h = self
+            .s
+            .get(self.i..self.i + 4)
+            .ok_or_else(|| self.err("short \\u escape"))?;
         let h = std::str::from_utf8(h).map_err(|_| self.err("bad \\u escape"))?;
         let v = u32::from_str_radix(h, 16).map_err(|_| self.err("bad \\u escape"))?;
         self.i += 4;
@@ -465,7 +494,11 @@ mod tests {
             (0x43143ff3c1cb0959, "1424953923781206.2"),
         ];
         for &(bits, want) in cases {
-            assert_eq!(format_number(f64::from_bits(bits)), want, "bits {bits:016x}");
+            assert_eq!(
+                format_number(f64::from_bits(bits)),
+                want,
+                "bits {bits:016x}"
+            );
         }
     }
 
@@ -481,11 +514,26 @@ mod tests {
             .keys()
             .cloned()
             .collect();
-        assert_eq!(out.find("\\r").unwrap(), 2, "carriage return sorts first: {out}");
-        let order: Vec<usize> = ["\r", "1", "\u{80}", "\u{f6}", "\u{20ac}", "\u{1f600}", "\u{fb33}"]
-            .iter()
-            .map(|k| out.find(&format!("\"{}\"", k.replace('\r', "\\r"))).unwrap())
-            .collect();
+        assert_eq!(
+            out.find("\\r").unwrap(),
+            2,
+            "carriage return sorts first: {out}"
+        );
+        let order: Vec<usize> = [
+            "\r",
+            "1",
+            "\u{80}",
+            "\u{f6}",
+            "\u{20ac}",
+            "\u{1f600}",
+            "\u{fb33}",
+        ]
+        .iter()
+        .map(|k| {
+            out.find(&format!("\"{}\"", k.replace('\r', "\\r")))
+                .unwrap()
+        })
+        .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{out}");
         assert_eq!(keys.len(), 7);
         // §3.2.2.2 string escaping example.
@@ -519,18 +567,39 @@ mod tests {
         assert_eq!(e.path, "$.order.qty");
         assert!(e.reason.contains("send it as a string"), "{e}");
         assert!(canonicalize("1e400").is_err());
-        assert!(canonicalize(r#"{"a":1,"a":2}"#).unwrap_err().reason.contains("more than once"));
-        assert!(canonicalize(r#"["\ud800"]"#).unwrap_err().reason.contains("surrogate"));
+        assert!(
+            canonicalize(r#"{"a":1,"a":2}"#)
+                .unwrap_err()
+                .reason
+                .contains("more than once")
+        );
+        assert!(
+            canonicalize(r#"["\ud800"]"#)
+                .unwrap_err()
+                .reason
+                .contains("surrogate")
+        );
         assert_eq!(canonicalize("9007199254740993").unwrap_err().path, "$");
         // Different spellings of the same value are the same canonical text.
-        assert_eq!(canonicalize("[1.0, 1e0, 10e-1, 0.1e1, -0, -0.0]").unwrap(), "[1,1,1,1,0,0]");
-        assert_eq!(canonicalize("9007199254740992").unwrap(), "9007199254740992");
+        assert_eq!(
+            canonicalize("[1.0, 1e0, 10e-1, 0.1e1, -0, -0.0]").unwrap(),
+            "[1,1,1,1,0,0]"
+        );
+        assert_eq!(
+            canonicalize("9007199254740992").unwrap(),
+            "9007199254740992"
+        );
     }
 
     #[test]
     fn depth_is_bounded() {
         let deep = "[".repeat(MAX_DEPTH + 2) + &"]".repeat(MAX_DEPTH + 2);
-        assert!(canonicalize(&deep).unwrap_err().reason.contains("nested deeper"));
+        assert!(
+            canonicalize(&deep)
+                .unwrap_err()
+                .reason
+                .contains("nested deeper")
+        );
         let ok = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);
         assert_eq!(canonicalize(&ok).unwrap(), ok);
     }

@@ -177,7 +177,12 @@ pub struct EventError {
 
 impl EventError {
     fn new(kind: RejectKind, field: Option<&str>, reason: impl Into<String>) -> Self {
-        EventError { kind, field: field.map(str::to_owned), reason: reason.into(), event_id: None }
+        EventError {
+            kind,
+            field: field.map(str::to_owned),
+            reason: reason.into(),
+            event_id: None,
+        }
     }
 
     fn field(kind: RejectKind, field: &str, reason: impl Into<String>) -> Self {
@@ -260,18 +265,27 @@ fn parse_inner(bytes: &[u8], limits: &Limits) -> Result<Event, EventError> {
         return Err(EventError::new(
             TooLarge,
             None,
-            format!("the event is {} bytes; the limit is {} bytes", bytes.len(), limits.max_event_bytes),
+            format!(
+                "the event is {} bytes; the limit is {} bytes",
+                bytes.len(),
+                limits.max_event_bytes
+            ),
         ));
     }
     let text = std::str::from_utf8(bytes).map_err(|e| {
-        EventError::new(InvalidUtf8, None, format!("invalid UTF-8 at byte {} of the event", e.valid_up_to()))
+        EventError::new(
+            InvalidUtf8,
+            None,
+            format!("invalid UTF-8 at byte {} of the event", e.valid_up_to()),
+        )
     })?;
     if text.trim().is_empty() {
         return Err(EventError::new(Malformed, None, "empty event"));
     }
     let mut de = serde_json::Deserializer::from_str(text);
     let wire: WireEvent<'_> = serde_path_to_error::deserialize(&mut de).map_err(map_serde_error)?;
-    de.end().map_err(|e| EventError::new(Malformed, None, format!("{}", strip_position(&e))))?;
+    de.end()
+        .map_err(|e| EventError::new(Malformed, None, strip_position(&e)))?;
 
     let mut wire = wire;
     let event_id = required(wire.event_id.take(), "event_id")?.into_owned();
@@ -286,10 +300,15 @@ fn parse_inner(bytes: &[u8], limits: &Limits) -> Result<Event, EventError> {
 fn build(wire: WireEvent<'_>, event_id: &str, limits: &Limits) -> Result<Event, EventError> {
     use RejectKind::*;
     let occurred_raw = required(wire.occurred_at, "occurred_at")?;
-    let occurred_at = Timestamp::parse_rfc3339(&occurred_raw)
-        .map_err(|e: TimestampError| EventError::field(InvalidTimestamp, "occurred_at", e.to_string()))?;
+    let occurred_at = Timestamp::parse_rfc3339(&occurred_raw).map_err(|e: TimestampError| {
+        EventError::field(InvalidTimestamp, "occurred_at", e.to_string())
+    })?;
     if occurred_at < Timestamp::UNIX_EPOCH {
-        return Err(EventError::field(InvalidTimestamp, "occurred_at", "is before 1970-01-01T00:00:00Z"));
+        return Err(EventError::field(
+            InvalidTimestamp,
+            "occurred_at",
+            "is before 1970-01-01T00:00:00Z",
+        ));
     }
     if occurred_at > limits.latest_occurred_at {
         return Err(EventError::field(
@@ -305,7 +324,11 @@ fn build(wire: WireEvent<'_>, event_id: &str, limits: &Limits) -> Result<Event, 
     let wa = wire.actor.ok_or_else(|| missing("actor"))?;
     let kind_raw = required(wa.kind, "actor.type")?;
     let kind = ActorType::parse(&kind_raw).ok_or_else(|| {
-        EventError::field(InvalidValue, "actor.type", format!("must be one of USER, SYSTEM, SERVICE (got {kind_raw:?})"))
+        EventError::field(
+            InvalidValue,
+            "actor.type",
+            format!("must be one of USER, SYSTEM, SERVICE (got {kind_raw:?})"),
+        )
     })?;
     let actor = Actor {
         kind,
@@ -329,22 +352,26 @@ fn build(wire: WireEvent<'_>, event_id: &str, limits: &Limits) -> Result<Event, 
     let origin = match wire.origin {
         None => None,
         Some(o) => {
-            let ip = o
-                .ip
-                .map(|ip| {
-                    match ip.parse::<std::net::IpAddr>() {
-                        Ok(_) => Ok(ip.into_owned()),
-                        Err(_) => Err(EventError::field(
-                            InvalidValue,
-                            "origin.ip",
-                            format!("{ip:?} is not an IPv4 or IPv6 address"),
-                        )),
-                    }
+            let ip =
+                o.ip.map(|ip| match ip.parse::<std::net::IpAddr>() {
+                    Ok(_) => Ok(ip.into_owned()),
+                    Err(_) => Err(EventError::field(
+                        InvalidValue,
+                        "origin.ip",
+                        format!("{ip:?} is not an IPv4 or IPv6 address"),
+                    )),
                 })
                 .transpose()?;
-            let device = o.device.map(|d| text_field(d, "origin.device")).transpose()?;
+            let device = o
+                .device
+                .map(|d| text_field(d, "origin.device"))
+                .transpose()?;
             if ip.is_none() && device.is_none() {
-                return Err(EventError::field(MissingField, "origin", "must name at least one of `ip` and `device`"));
+                return Err(EventError::field(
+                    MissingField,
+                    "origin",
+                    "must name at least one of `ip` and `device`",
+                ));
             }
             Some(Origin { ip, device })
         }
@@ -359,14 +386,22 @@ fn build(wire: WireEvent<'_>, event_id: &str, limits: &Limits) -> Result<Event, 
 
     let source_raw = required(wire.source, "source")?;
     let source = Source::parse(&source_raw).ok_or_else(|| {
-        EventError::field(InvalidValue, "source", format!("must be one of FIX, UI, API, SYSTEM (got {source_raw:?})"))
+        EventError::field(
+            InvalidValue,
+            "source",
+            format!("must be one of FIX, UI, API, SYSTEM (got {source_raw:?})"),
+        )
     })?;
 
     let retention_class = wire
         .retention_class
         .map(|c| {
             if c.is_empty() {
-                Err(EventError::field(InvalidValue, "retention_class", "must not be empty when present"))
+                Err(EventError::field(
+                    InvalidValue,
+                    "retention_class",
+                    "must not be empty when present",
+                ))
             } else {
                 Ok(c.into_owned())
             }
@@ -387,7 +422,11 @@ fn build(wire: WireEvent<'_>, event_id: &str, limits: &Limits) -> Result<Event, 
             b't' | b'f' => "a boolean",
             _ => "a number",
         };
-        return Err(EventError::field(PayloadNotObject, "payload", format!("must be a JSON object (got {got})")));
+        return Err(EventError::field(
+            PayloadNotObject,
+            "payload",
+            format!("must be a JSON object (got {got})"),
+        ));
     }
     let mut payload = String::with_capacity(raw.len());
     canonical::canonicalize_into(raw, "payload", &mut payload)
@@ -408,7 +447,11 @@ fn build(wire: WireEvent<'_>, event_id: &str, limits: &Limits) -> Result<Event, 
 }
 
 fn missing(field: &str) -> EventError {
-    EventError::field(RejectKind::MissingField, field, "is required (missing or null)")
+    EventError::field(
+        RejectKind::MissingField,
+        field,
+        "is required (missing or null)",
+    )
 }
 
 fn required<'a>(v: Option<Cow<'a, str>>, field: &str) -> Result<Cow<'a, str>, EventError> {
@@ -421,13 +464,25 @@ fn check_id(s: &str, field: &str, kind: RejectKind) -> Result<(), EventError> {
         return Err(EventError::field(kind, field, "must not be empty"));
     }
     if s.len() > MAX_ID_LEN {
-        return Err(EventError::field(kind, field, format!("is {} characters long; at most {MAX_ID_LEN} are allowed", s.len())));
-    }
-    if let Some((i, c)) = s.char_indices().find(|&(_, c)| !('\x21'..='\x7e').contains(&c)) {
         return Err(EventError::field(
             kind,
             field,
-            format!("has {c:?} at position {i}; only visible ASCII characters (no spaces) are allowed"),
+            format!(
+                "is {} characters long; at most {MAX_ID_LEN} are allowed",
+                s.len()
+            ),
+        ));
+    }
+    if let Some((i, c)) = s
+        .char_indices()
+        .find(|&(_, c)| !('\x21'..='\x7e').contains(&c))
+    {
+        return Err(EventError::field(
+            kind,
+            field,
+            format!(
+                "has {c:?} at position {i}; only visible ASCII characters (no spaces) are allowed"
+            ),
         ));
     }
     Ok(())
@@ -437,13 +492,28 @@ fn check_id(s: &str, field: &str, kind: RejectKind) -> Result<(), EventError> {
 fn text_field(s: Cow<'_, str>, field: &str) -> Result<String, EventError> {
     use RejectKind::InvalidValue;
     if s.trim().is_empty() {
-        return Err(EventError::field(InvalidValue, field, "must not be empty or blank"));
+        return Err(EventError::field(
+            InvalidValue,
+            field,
+            "must not be empty or blank",
+        ));
     }
     if s.len() > MAX_TEXT_LEN {
-        return Err(EventError::field(InvalidValue, field, format!("is {} bytes long; at most {MAX_TEXT_LEN} are allowed", s.len())));
+        return Err(EventError::field(
+            InvalidValue,
+            field,
+            format!(
+                "is {} bytes long; at most {MAX_TEXT_LEN} are allowed",
+                s.len()
+            ),
+        ));
     }
     if let Some(c) = s.chars().find(|c| c.is_control()) {
-        return Err(EventError::field(InvalidValue, field, format!("contains the control character {c:?}")));
+        return Err(EventError::field(
+            InvalidValue,
+            field,
+            format!("contains the control character {c:?}"),
+        ));
     }
     Ok(s.into_owned())
 }
@@ -476,16 +546,33 @@ fn map_serde_error(e: serde_path_to_error::Error<serde_json::Error>) -> EventErr
                 return EventError::new(
                     UnknownField,
                     Some(&full),
-                    format!("is not a field of the contract (allowed here: {allowed}); put extra data in `payload`"),
+                    format!(
+                        "is not a field of the contract (allowed here: {allowed}); put extra data in `payload`"
+                    ),
                 );
             }
             if msg.starts_with("invalid type") {
-                let reason = msg.replacen("invalid type: ", "wrong type: got ", 1).replacen(", expected", ", expected", 1);
-                return EventError { kind: WrongType, field, reason, event_id: None };
+                let reason = msg.replacen("invalid type: ", "wrong type: got ", 1);
+                return EventError {
+                    kind: WrongType,
+                    field,
+                    reason,
+                    event_id: None,
+                };
             }
-            EventError { kind: Malformed, field, reason: msg, event_id: None }
+            EventError {
+                kind: Malformed,
+                field,
+                reason: msg,
+                event_id: None,
+            }
         }
-        _ => EventError { kind: Malformed, field: None, reason: format!("not valid JSON: {msg}"), event_id: None },
+        _ => EventError {
+            kind: Malformed,
+            field: None,
+            reason: format!("not valid JSON: {msg}"),
+            event_id: None,
+        },
     }
 }
 
@@ -526,13 +613,30 @@ pub struct Record {
 impl Record {
     pub fn new(event: Event, ingested_at: Timestamp, retention_class: Arc<str>) -> Record {
         let mut submitted = String::with_capacity(event.payload.len() + 384);
-        write_canonical(&event, None, event.retention_class.as_deref(), &mut submitted);
+        write_canonical(
+            &event,
+            None,
+            event.retention_class.as_deref(),
+            &mut submitted,
+        );
         let digest = merkle::sha256(submitted.as_bytes());
         let mut stored = String::with_capacity(submitted.len() + 80);
-        write_canonical(&event, Some(ingested_at), Some(&retention_class), &mut stored);
+        write_canonical(
+            &event,
+            Some(ingested_at),
+            Some(&retention_class),
+            &mut stored,
+        );
         let canonical = stored.into_bytes();
         let leaf = merkle::leaf_hash(&canonical);
-        Record { event, ingested_at, retention_class, canonical, leaf, digest }
+        Record {
+            event,
+            ingested_at,
+            retention_class,
+            canonical,
+            leaf,
+            digest,
+        }
     }
 
     /// Bytes this record holds in memory, roughly; used for batch size limits.
@@ -543,7 +647,12 @@ impl Record {
 
 /// Writes the JCS form of an event. Keys are emitted in RFC 8785 order (all ASCII, so byte
 /// order); a test checks the output is a fixed point of [`canonical::canonicalize`].
-pub fn write_canonical(e: &Event, ingested_at: Option<Timestamp>, class: Option<&str>, out: &mut String) {
+pub fn write_canonical(
+    e: &Event,
+    ingested_at: Option<Timestamp>,
+    class: Option<&str>,
+    out: &mut String,
+) {
     out.push_str("{\"action\":");
     write_string(out, &e.action);
     out.push_str(",\"actor\":{\"id\":");
@@ -645,7 +754,10 @@ mod tests {
         assert_eq!(canonical::canonicalize(text).unwrap(), text);
         assert!(text.contains(r#""ingested_at":"2026-11-21T00:00:00.000000Z""#));
         let r2 = Record::new(e.clone(), t1.plus_micros(5), "finra-4511".into());
-        assert_eq!(r1.digest, r2.digest, "the digest covers what was submitted only");
+        assert_eq!(
+            r1.digest, r2.digest,
+            "the digest covers what was submitted only"
+        );
         assert_ne!(r1.leaf, r2.leaf);
         // Reordered keys and whitespace are the same content.
         let reordered: serde_json::Value = serde_json::from_str(GOOD).unwrap();
@@ -654,7 +766,11 @@ mod tests {
         // Minimal events (no optional fields) are fixed points too.
         let minimal = r#"{"event_id":"m","occurred_at":"2026-11-20T00:00:00Z","actor":{"type":"SYSTEM","id":"batch"},
             "action":"eod.run","subject":{"type":"job","id":"j"},"source":"SYSTEM","payload":{}}"#;
-        let m = Record::new(parse_event(minimal.as_bytes(), &limits()).unwrap(), t1, "x".into());
+        let m = Record::new(
+            parse_event(minimal.as_bytes(), &limits()).unwrap(),
+            t1,
+            "x".into(),
+        );
         let text = std::str::from_utf8(&m.canonical).unwrap();
         assert_eq!(canonical::canonicalize(text).unwrap(), text);
     }
@@ -663,32 +779,144 @@ mod tests {
     fn every_refusal_names_its_field() {
         use RejectKind::*;
         let cases: Vec<(String, RejectKind, Option<&str>)> = vec![
-            (with(|m| { m.remove("action"); }), MissingField, Some("action")),
-            (with(|m| { m.insert("action".into(), serde_json::Value::Null); }), MissingField, Some("action")),
-            (with(|m| { m.insert("extra".into(), 1.into()); }), UnknownField, Some("extra")),
-            (with(|m| { m["actor"]["nick"] = "x".into(); }), UnknownField, Some("actor.nick")),
-            (with(|m| { m.insert("action".into(), 5.into()); }), WrongType, Some("action")),
-            (with(|m| { m["actor"]["type"] = "user".into(); }), InvalidValue, Some("actor.type")),
-            (with(|m| { m.insert("source".into(), "EMAIL".into()); }), InvalidValue, Some("source")),
-            (with(|m| { m.insert("occurred_at".into(), "2026-11-20T14:03:11".into()); }), InvalidTimestamp, Some("occurred_at")),
-            (with(|m| { m.insert("occurred_at".into(), "2031-01-01T00:00:00Z".into()); }), InvalidTimestamp, Some("occurred_at")),
-            (with(|m| { m.insert("occurred_at".into(), "1969-01-01T00:00:00Z".into()); }), InvalidTimestamp, Some("occurred_at")),
-            (with(|m| { m.insert("event_id".into(), "".into()); }), InvalidEventId, Some("event_id")),
-            (with(|m| { m.insert("event_id".into(), "a b".into()); }), InvalidEventId, Some("event_id")),
-            (with(|m| { m.insert("event_id".into(), "x".repeat(129).into()); }), InvalidEventId, Some("event_id")),
-            (with(|m| { m.insert("payload".into(), serde_json::json!([1])); }), PayloadNotObject, Some("payload")),
-            (with(|m| { m.remove("origin"); }), MissingField, Some("origin")),
-            (with(|m| { m["origin"]["ip"] = "10.2.3".into(); }), InvalidValue, Some("origin.ip")),
-            (with(|m| { m["subject"]["id"] = "a\u{7}b".into(); }), InvalidValue, Some("subject.id")),
-            (r#"{"event_id":"t-1","occurred_at":"#.to_owned(), Malformed, None),
+            (
+                with(|m| {
+                    m.remove("action");
+                }),
+                MissingField,
+                Some("action"),
+            ),
+            (
+                with(|m| {
+                    m.insert("action".into(), serde_json::Value::Null);
+                }),
+                MissingField,
+                Some("action"),
+            ),
+            (
+                with(|m| {
+                    m.insert("extra".into(), 1.into());
+                }),
+                UnknownField,
+                Some("extra"),
+            ),
+            (
+                with(|m| {
+                    m["actor"]["nick"] = "x".into();
+                }),
+                UnknownField,
+                Some("actor.nick"),
+            ),
+            (
+                with(|m| {
+                    m.insert("action".into(), 5.into());
+                }),
+                WrongType,
+                Some("action"),
+            ),
+            (
+                with(|m| {
+                    m["actor"]["type"] = "user".into();
+                }),
+                InvalidValue,
+                Some("actor.type"),
+            ),
+            (
+                with(|m| {
+                    m.insert("source".into(), "EMAIL".into());
+                }),
+                InvalidValue,
+                Some("source"),
+            ),
+            (
+                with(|m| {
+                    m.insert("occurred_at".into(), "2026-11-20T14:03:11".into());
+                }),
+                InvalidTimestamp,
+                Some("occurred_at"),
+            ),
+            (
+                with(|m| {
+                    m.insert("occurred_at".into(), "2031-01-01T00:00:00Z".into());
+                }),
+                InvalidTimestamp,
+                Some("occurred_at"),
+            ),
+            (
+                with(|m| {
+                    m.insert("occurred_at".into(), "1969-01-01T00:00:00Z".into());
+                }),
+                InvalidTimestamp,
+                Some("occurred_at"),
+            ),
+            (
+                with(|m| {
+                    m.insert("event_id".into(), "".into());
+                }),
+                InvalidEventId,
+                Some("event_id"),
+            ),
+            (
+                with(|m| {
+                    m.insert("event_id".into(), "a b".into());
+                }),
+                InvalidEventId,
+                Some("event_id"),
+            ),
+            (
+                with(|m| {
+                    m.insert("event_id".into(), "x".repeat(129).into());
+                }),
+                InvalidEventId,
+                Some("event_id"),
+            ),
+            (
+                with(|m| {
+                    m.insert("payload".into(), serde_json::json!([1]));
+                }),
+                PayloadNotObject,
+                Some("payload"),
+            ),
+            (
+                with(|m| {
+                    m.remove("origin");
+                }),
+                MissingField,
+                Some("origin"),
+            ),
+            (
+                with(|m| {
+                    m["origin"]["ip"] = "10.2.3".into();
+                }),
+                InvalidValue,
+                Some("origin.ip"),
+            ),
+            (
+                with(|m| {
+                    m["subject"]["id"] = "a\u{7}b".into();
+                }),
+                InvalidValue,
+                Some("subject.id"),
+            ),
+            (
+                r#"{"event_id":"t-1","occurred_at":"#.to_owned(),
+                Malformed,
+                None,
+            ),
             (format!("{} x", GOOD), Malformed, None),
         ];
         for (json, kind, field) in cases {
             let e = err(&json);
-            assert_eq!((e.kind, e.field.as_deref()), (kind, field), "{json}\n=> {e}");
+            assert_eq!(
+                (e.kind, e.field.as_deref()),
+                (kind, field),
+                "{json}\n=> {e}"
+            );
             assert!(!e.reason.is_empty());
         }
-        let big = with(|m| { m["payload"]["blob"] = "x".repeat(2 << 20).into(); });
+        let big = with(|m| {
+            m["payload"]["blob"] = "x".repeat(2 << 20).into();
+        });
         assert_eq!(err(&big).kind, TooLarge);
         assert_eq!(err(&big).event_id.as_deref(), Some("e-1"));
         let mut bad = GOOD.as_bytes().to_vec();
@@ -696,13 +924,17 @@ mod tests {
         let e = parse_event(&bad, &limits()).unwrap_err();
         assert_eq!(e.kind, InvalidUtf8);
         assert_eq!(e.event_id.as_deref(), Some("e-1"));
-        let e = err(&with(|m| { m["payload"]["qty"] = serde_json::Value::Number(serde_json::Number::from(u64::MAX)); }));
+        let e = err(&with(|m| {
+            m["payload"]["qty"] = serde_json::Value::Number(serde_json::Number::from(u64::MAX));
+        }));
         assert_eq!(e.field.as_deref(), Some("payload.qty"));
     }
 
     #[test]
     fn rejected_events_still_name_their_event_id() {
-        let e = err(&with(|m| { m["actor"]["type"] = "robot".into(); }));
+        let e = err(&with(|m| {
+            m["actor"]["type"] = "robot".into();
+        }));
         assert_eq!(e.event_id.as_deref(), Some("e-1"));
         assert!(e.reason.contains("USER, SYSTEM, SERVICE"), "{e}");
         let e = err(r#"{"event_id": "t-9", "occurred_at": 12"#);

@@ -27,7 +27,8 @@ impl WriterId {
     pub fn parse(s: &str) -> Result<WriterId, String> {
         let ok = !s.is_empty()
             && s.len() <= 64
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !s.starts_with('-')
             && !s.ends_with('-');
         if ok {
@@ -60,8 +61,16 @@ impl<'de> serde::Deserialize<'de> for WriterId {
 /// What a key in the archive is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyKind {
-    Segment { day: Day, writer: WriterId, batch_idx: u64 },
-    Manifest { day: Day, writer: WriterId, batch_idx: u64 },
+    Segment {
+        day: Day,
+        writer: WriterId,
+        batch_idx: u64,
+    },
+    Manifest {
+        day: Day,
+        writer: WriterId,
+        batch_idx: u64,
+    },
 }
 
 /// Builds and parses keys under a prefix (empty, or ending in `/`).
@@ -88,11 +97,17 @@ impl Layout {
     }
 
     pub fn segment(&self, day: Day, writer: &WriterId, batch_idx: u64) -> String {
-        format!("{}{SEGMENTS}dt={day}/{writer}-{batch_idx:012}.parquet", self.prefix)
+        format!(
+            "{}{SEGMENTS}dt={day}/{writer}-{batch_idx:012}.parquet",
+            self.prefix
+        )
     }
 
     pub fn manifest(&self, day: Day, writer: &WriterId, batch_idx: u64) -> String {
-        format!("{}{MANIFESTS}dt={day}/{writer}-{batch_idx:012}.json", self.prefix)
+        format!(
+            "{}{MANIFESTS}dt={day}/{writer}-{batch_idx:012}.json",
+            self.prefix
+        )
     }
 
     /// The prefix of all segments.
@@ -131,9 +146,17 @@ impl Layout {
         let writer = WriterId::parse(writer).ok()?;
         let batch_idx = idx.parse().ok()?;
         Some(if is_segment {
-            KeyKind::Segment { day, writer, batch_idx }
+            KeyKind::Segment {
+                day,
+                writer,
+                batch_idx,
+            }
         } else {
-            KeyKind::Manifest { day, writer, batch_idx }
+            KeyKind::Manifest {
+                day,
+                writer,
+                batch_idx,
+            }
         })
     }
 }
@@ -148,14 +171,34 @@ mod tests {
         let w = WriterId::parse("ingest-a1-7f3c").unwrap();
         let d = Day::parse("2026-11-20").unwrap();
         let s = l.segment(d, &w, 42);
-        assert_eq!(s, "prod/segments/dt=2026-11-20/ingest-a1-7f3c-000000000042.parquet");
-        assert_eq!(l.manifest(d, &w, 42), "prod/manifests/dt=2026-11-20/ingest-a1-7f3c-000000000042.json");
-        assert_eq!(l.parse(&s), Some(KeyKind::Segment { day: d, writer: w.clone(), batch_idx: 42 }));
+        assert_eq!(
+            s,
+            "prod/segments/dt=2026-11-20/ingest-a1-7f3c-000000000042.parquet"
+        );
+        assert_eq!(
+            l.manifest(d, &w, 42),
+            "prod/manifests/dt=2026-11-20/ingest-a1-7f3c-000000000042.json"
+        );
+        assert_eq!(
+            l.parse(&s),
+            Some(KeyKind::Segment {
+                day: d,
+                writer: w.clone(),
+                batch_idx: 42
+            })
+        );
         assert_eq!(
             l.parse(&l.manifest(d, &w, 7)),
-            Some(KeyKind::Manifest { day: d, writer: w, batch_idx: 7 })
+            Some(KeyKind::Manifest {
+                day: d,
+                writer: w,
+                batch_idx: 7
+            })
         );
-        assert!(l.manifest(d, &WriterId::parse("a").unwrap(), 9) < l.manifest(d, &WriterId::parse("a").unwrap(), 10));
+        assert!(
+            l.manifest(d, &WriterId::parse("a").unwrap(), 9)
+                < l.manifest(d, &WriterId::parse("a").unwrap(), 10)
+        );
     }
 
     #[test]

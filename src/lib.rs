@@ -1,10 +1,42 @@
-//! wormvault: a tamper-evident, write-once archive of business events on S3 Object Lock.
+//! wormvault turns a stream of business events into a tamper-evident, write-once archive on
+//! S3 Object Lock, for broker-dealers under SEC Rule 17a-4(f), FINRA Rule 4511 and CFTC 1.31.
+//!
+//! # Layout
+//!
+//! The pipeline, in the order an event travels (docs/ARCHITECTURE.md has the whole picture):
+//!
+//! - [`event`]: the wire contract — typed parsing, validation, canonical bytes.
+//! - [`canonical`]: RFC 8785 JSON canonicalization, the byte form everything is hashed in.
+//! - [`retention`]: retention classes, action rules and the retain-until rule.
+//! - [`batch`]: admission (idempotency, lane sequence numbers) and batching.
+//! - [`seal`]: a closed batch becomes a segment in the local outbox, committed with the state.
+//! - [`segment`]: the Parquet format of a batch; [`merkle`]: RFC 6962 trees and proofs.
+//! - [`manifest`]: the sealed record of one batch, chained per writer.
+//! - [`upload`]: outbox → store, segment then manifest, idempotently.
+//! - [`store`]: the narrow write-once storage trait, with S3 and local backends.
+//! - [`layout`]: every object key, built in one place.
+//! - [`state`]: the writer's local state (idempotency index, counters, outbox, chain head).
+//! - [`import`]: `wormvault archive FILE`, the file path through the pipeline.
+//! - [`archive`]: an archive opened for writing (settings + store + state + writer id).
+//! - [`config`], [`telemetry`], [`cli`], [`bench`]: the edges.
+//! - [`timestamp`]: UTC instants and days.
+
+pub mod archive;
+pub mod batch;
+pub mod bench;
 pub mod canonical;
+pub mod cli;
+pub mod config;
 pub mod event;
+pub mod import;
 pub mod layout;
 pub mod manifest;
 pub mod merkle;
 pub mod retention;
+pub mod seal;
 pub mod segment;
+pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod timestamp;
+pub mod upload;

@@ -1,1 +1,5 @@
-fn main() {}
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    wormvault::cli::run(wormvault::cli::Cli::parse())
+}

@@ -12,9 +12,8 @@
 //! - the **lane sequence**: within one (writer, day, retention class), segments' `seq`
 //!   ranges run from 1 with no gaps or overlaps, in `batch_idx` order.
 
-use crate::layout::{Layout, WriterId};
 use crate::merkle::{self, Hash};
-use crate::segment::{SealedSegment, SegmentInfo};
+use crate::segment::SegmentInfo;
 use crate::timestamp::{Day, Timestamp};
 
 pub const MANIFEST_FORMAT: &str = "wormvault.manifest.v1";
@@ -37,12 +36,11 @@ pub struct SegmentObject {
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub format: String,
-    pub writer: WriterId,
-    pub batch_idx: u64,
     /// SHA-256 (hex) of the writer's previous manifest's stored bytes; `null` for batch 0.
     pub prev_manifest_sha256: Option<String>,
     pub segment: SegmentObject,
-    /// The segment's own description, identical to its footer metadata.
+    /// The segment's own description (writer, batch_idx, day, class, sequence and time ranges,
+    /// Merkle root, retain-until), identical to its footer metadata.
     pub info: SegmentInfo,
     pub sealed_at: Timestamp,
     /// The manifest object's own retain-until (see [`manifest_retain_until`]).
@@ -51,26 +49,16 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn new(
-        layout: &Layout,
-        segment: &SealedSegment,
-        version_id: String,
+        segment: SegmentObject,
+        info: SegmentInfo,
         prev: Option<Hash>,
         sealed_at: Timestamp,
         retain_until: Timestamp,
     ) -> Manifest {
-        let info = segment.info.clone();
         Manifest {
             format: MANIFEST_FORMAT.to_owned(),
-            writer: info.writer.clone(),
-            batch_idx: info.batch_idx,
             prev_manifest_sha256: prev.map(hex::encode),
-            segment: SegmentObject {
-                key: layout.segment(info.day, &info.writer, info.batch_idx),
-                version_id,
-                size: segment.bytes.len() as u64,
-                sha256: segment.sha256,
-                md5: hex::encode(segment.md5),
-            },
+            segment,
             info,
             sealed_at,
             retain_until,
@@ -83,7 +71,8 @@ impl Manifest {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Manifest, String> {
-        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| format!("not a manifest: {e}"))?;
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a manifest: {e}"))?;
         if m.format != MANIFEST_FORMAT {
             return Err(format!("unknown manifest format {:?}", m.format));
         }
@@ -104,6 +93,9 @@ impl Manifest {
 /// segment's (from the end of its day), and never shorter than its segment: every manifest
 /// of a day, and so anything computed over them, stays verifiable as long as any record of
 /// that day is retained.
-pub fn manifest_retain_until(segment_until: Timestamp, longest_from_day_end: Timestamp) -> Timestamp {
+pub fn manifest_retain_until(
+    segment_until: Timestamp,
+    longest_from_day_end: Timestamp,
+) -> Timestamp {
     segment_until.max(longest_from_day_end).ceil_to_second()
 }

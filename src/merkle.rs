@@ -73,7 +73,10 @@ pub struct Tree {
 
 impl Tree {
     pub fn from_leaf_hashes(leaves: &[Hash]) -> Tree {
-        Tree { inner: rs_merkle::MerkleTree::from_leaves(leaves), size: leaves.len() }
+        Tree {
+            inner: rs_merkle::MerkleTree::from_leaves(leaves),
+            size: leaves.len(),
+        }
     }
 
     pub fn size(&self) -> usize {
@@ -86,7 +89,11 @@ impl Tree {
 
     /// The RFC 6962 audit path of leaf `index`, from the leaf's sibling up to the root's child.
     pub fn inclusion_proof(&self, index: usize) -> Vec<Hash> {
-        assert!(index < self.size, "leaf {index} is outside a tree of {}", self.size);
+        assert!(
+            index < self.size,
+            "leaf {index} is outside a tree of {}",
+            self.size
+        );
         self.inner.proof(&[index]).proof_hashes().to_vec()
     }
 }
@@ -104,7 +111,12 @@ pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root
 
 /// Recomputes the root an inclusion proof commits to, or `None` if the proof has the wrong
 /// shape for `index` and `size`.
-pub fn root_from_inclusion_proof(index: u64, size: u64, leaf: &Hash, proof: &[Hash]) -> Option<Hash> {
+pub fn root_from_inclusion_proof(
+    index: u64,
+    size: u64,
+    leaf: &Hash,
+    proof: &[Hash],
+) -> Option<Hash> {
     if index >= size {
         return None;
     }
@@ -157,16 +169,26 @@ mod tests {
     ];
 
     fn leaves() -> Vec<Hash> {
-        LEAVES.iter().map(|h| leaf_hash(&hex::decode(h).unwrap())).collect()
+        LEAVES
+            .iter()
+            .map(|h| leaf_hash(&hex::decode(h).unwrap()))
+            .collect()
     }
 
     #[test]
     fn known_answer_roots() {
         assert_eq!(root(&[]), sha256(b""));
-        assert_eq!(hex::encode(EMPTY_ROOT), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            hex::encode(EMPTY_ROOT),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
         let l = leaves();
         for n in 1..=8 {
-            assert_eq!(hex::encode(root(&l[..n])), ROOTS[n - 1], "tree of {n} leaves");
+            assert_eq!(
+                hex::encode(root(&l[..n])),
+                ROOTS[n - 1],
+                "tree of {n} leaves"
+            );
         }
     }
 
@@ -205,20 +227,41 @@ mod tests {
             let l = &all[..n];
             let tree = Tree::from_leaf_hashes(l);
             assert_eq!(tree.root(), mth(l), "size {n}");
-            for i in 0..n {
+            for (i, leaf) in l.iter().enumerate() {
                 let p = tree.inclusion_proof(i);
-                assert!(verify_inclusion(i as u64, n as u64, &l[i], &p, &tree.root()), "{i}/{n}");
+                assert!(
+                    verify_inclusion(i as u64, n as u64, leaf, &p, &tree.root()),
+                    "{i}/{n}"
+                );
                 // The wrong leaf, the wrong index or a flipped bit must fail.
-                assert!(!verify_inclusion(i as u64, n as u64, &all[n], &p, &tree.root()));
+                assert!(!verify_inclusion(
+                    i as u64,
+                    n as u64,
+                    &all[n],
+                    &p,
+                    &tree.root()
+                ));
                 if n > 1 {
                     let j = (i + 1) % n;
-                    assert!(!verify_inclusion(j as u64, n as u64, &l[i], &p, &tree.root()));
+                    assert!(!verify_inclusion(
+                        j as u64,
+                        n as u64,
+                        leaf,
+                        &p,
+                        &tree.root()
+                    ));
                 }
                 if let Some(first) = p.first() {
                     let mut bad = p.clone();
                     bad[0][0] ^= 1;
                     assert_ne!(&bad[0], first);
-                    assert!(!verify_inclusion(i as u64, n as u64, &l[i], &bad, &tree.root()));
+                    assert!(!verify_inclusion(
+                        i as u64,
+                        n as u64,
+                        leaf,
+                        &bad,
+                        &tree.root()
+                    ));
                 }
             }
         }

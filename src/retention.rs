@@ -48,7 +48,11 @@ pub struct Period {
 
 impl Period {
     pub const fn years(years: u32) -> Period {
-        Period { years, months: 0, days: 0 }
+        Period {
+            years,
+            months: 0,
+            days: 0,
+        }
     }
 
     pub fn is_zero(&self) -> bool {
@@ -61,7 +65,9 @@ impl Period {
         let time_of_day = t.as_micros() - day.start().as_micros();
         let date = day.date();
         let months = self.years * 12 + self.months;
-        let shifted = date.checked_add_months(Months::new(months)).expect("date in range");
+        let shifted = date
+            .checked_add_months(Months::new(months))
+            .expect("date in range");
         // chrono clamps 31 Jan + 1 month to 28/29 Feb; we round forward instead.
         let shifted = if shifted.day() != date.day() {
             let (y, m) = (shifted.year(), shifted.month());
@@ -78,7 +84,11 @@ impl Period {
 impl fmt::Display for Period {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts = Vec::new();
-        for (n, unit) in [(self.years, "year"), (self.months, "month"), (self.days, "day")] {
+        for (n, unit) in [
+            (self.years, "year"),
+            (self.months, "month"),
+            (self.days, "day"),
+        ] {
             if n > 0 {
                 parts.push(format!("{n} {unit}{}", if n == 1 { "" } else { "s" }));
             }
@@ -93,10 +103,26 @@ impl fmt::Display for Period {
 /// The classes every deployment has, with the periods their rules require. Configuration may
 /// lengthen these or add classes; it may not shorten them.
 pub const SHIPPED_CLASSES: &[(&str, Period, &str)] = &[
-    ("sec-17a-4-a", Period::years(6), "SEC Rule 17a-4(a): records kept for not less than six years"),
-    ("sec-17a-4-b", Period::years(3), "SEC Rule 17a-4(b): records kept for not less than three years"),
-    ("finra-4511", Period::years(6), "FINRA Rule 4511(b): six years where no other period is specified"),
-    ("cftc-1-31", Period::years(5), "CFTC Regulation 1.31: regulatory records kept for five years"),
+    (
+        "sec-17a-4-a",
+        Period::years(6),
+        "SEC Rule 17a-4(a): records kept for not less than six years",
+    ),
+    (
+        "sec-17a-4-b",
+        Period::years(3),
+        "SEC Rule 17a-4(b): records kept for not less than three years",
+    ),
+    (
+        "finra-4511",
+        Period::years(6),
+        "FINRA Rule 4511(b): six years where no other period is specified",
+    ),
+    (
+        "cftc-1-31",
+        Period::years(5),
+        "CFTC Regulation 1.31: regulatory records kept for five years",
+    ),
 ];
 
 /// The class used when no rule matches and the configuration names none: the longest of the
@@ -144,13 +170,23 @@ impl RetentionPolicy {
             .iter()
             .map(|&(name, period, description)| {
                 let name: Arc<str> = name.into();
-                (name.clone(), RetentionClass { name, period, description: description.into() })
+                (
+                    name.clone(),
+                    RetentionClass {
+                        name,
+                        period,
+                        description: description.into(),
+                    },
+                )
             })
             .collect();
         for class in extra_classes {
             validate_class_name(&class.name)?;
             if class.period.is_zero() {
-                return Err(format!("retention class {:?} has a zero period", class.name));
+                return Err(format!(
+                    "retention class {:?} has a zero period",
+                    class.name
+                ));
             }
             if let Some(shipped) = classes.get(&class.name) {
                 let probe = Day::parse("2024-02-29").expect("valid").start();
@@ -168,20 +204,34 @@ impl RetentionPolicy {
             classes.get(name).map(|c| c.name.clone()).ok_or_else(|| {
                 format!(
                     "{what} names the unknown retention class {name:?}; known classes: {}",
-                    classes.keys().map(|k| k.as_ref()).collect::<Vec<_>>().join(", ")
+                    classes
+                        .keys()
+                        .map(|k| k.as_ref())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             })
         };
-        let default_class = lookup(default_class.as_deref().unwrap_or(SHIPPED_DEFAULT_CLASS), "default_class")?;
+        let default_class = lookup(
+            default_class.as_deref().unwrap_or(SHIPPED_DEFAULT_CLASS),
+            "default_class",
+        )?;
         let mut checked = Vec::with_capacity(rules.len());
         for rule in rules {
             if rule.pattern.is_empty() {
                 return Err("a retention rule has an empty action pattern".into());
             }
             let class = lookup(&rule.class, &format!("the rule for {:?}", rule.pattern))?;
-            checked.push(Rule { pattern: rule.pattern, class });
+            checked.push(Rule {
+                pattern: rule.pattern,
+                class,
+            });
         }
-        Ok(RetentionPolicy { classes, rules: checked, default_class })
+        Ok(RetentionPolicy {
+            classes,
+            rules: checked,
+            default_class,
+        })
     }
 
     /// The shipped classes and no rules.
@@ -211,7 +261,8 @@ impl RetentionPolicy {
         for rule in &self.rules {
             if glob_match(&rule.pattern, action) {
                 let c = &self.classes[&rule.class];
-                if best.is_none_or(|b| c.period.add_to(occurred_at) > b.period.add_to(occurred_at)) {
+                if best.is_none_or(|b| c.period.add_to(occurred_at) > b.period.add_to(occurred_at))
+                {
                     best = Some(c);
                 }
             }
@@ -228,16 +279,26 @@ impl RetentionPolicy {
     ) -> Result<Resolution, String> {
         let rule = self.rule_class(action, occurred_at);
         let Some(explicit) = explicit else {
-            return Ok(Resolution { class: rule.name.clone(), note: None });
+            return Ok(Resolution {
+                class: rule.name.clone(),
+                note: None,
+            });
         };
         let Some(asked) = self.classes.get(explicit) else {
             return Err(format!(
                 "unknown retention class {explicit:?}; known classes: {}",
-                self.classes.keys().map(|k| k.as_ref()).collect::<Vec<_>>().join(", ")
+                self.classes
+                    .keys()
+                    .map(|k| k.as_ref())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         };
         if asked.period.add_to(occurred_at) >= rule.period.add_to(occurred_at) {
-            Ok(Resolution { class: asked.name.clone(), note: None })
+            Ok(Resolution {
+                class: asked.name.clone(),
+                note: None,
+            })
         } else {
             Ok(Resolution {
                 class: rule.name.clone(),
@@ -258,7 +319,11 @@ impl RetentionPolicy {
 
     /// The longest period of any class, added to `t`.
     pub fn longest_from(&self, t: Timestamp) -> Timestamp {
-        self.classes.values().map(|c| c.period.add_to(t)).max().unwrap_or(t)
+        self.classes
+            .values()
+            .map(|c| c.period.add_to(t))
+            .max()
+            .unwrap_or(t)
     }
 }
 
@@ -272,11 +337,15 @@ pub fn retain_until(day: Day, period: Period, sealed_at: Timestamp) -> Timestamp
 fn validate_class_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if ok {
         Ok(())
     } else {
-        Err(format!("retention class name {name:?} must be 1-64 characters of a-z, 0-9 and `-`"))
+        Err(format!(
+            "retention class name {name:?} must be 1-64 characters of a-z, 0-9 and `-`"
+        ))
     }
 }
 
@@ -318,13 +387,36 @@ mod tests {
 
     #[test]
     fn periods_round_forward_never_back() {
-        assert_eq!(Period::years(6).add_to(ts("2026-11-20T14:03:11Z")), ts("2032-11-20T14:03:11Z"));
-        assert_eq!(Period::years(1).add_to(ts("2024-02-29T12:00:00Z")), ts("2025-03-01T12:00:00Z"));
-        assert_eq!(Period::years(4).add_to(ts("2024-02-29T12:00:00Z")), ts("2028-02-29T12:00:00Z"));
-        let m = Period { years: 0, months: 1, days: 0 };
-        assert_eq!(m.add_to(ts("2026-01-31T00:00:00Z")), ts("2026-03-01T00:00:00Z"));
-        let d = Period { years: 0, months: 0, days: 30 };
-        assert_eq!(d.add_to(ts("2026-12-15T08:00:00Z")), ts("2027-01-14T08:00:00Z"));
+        assert_eq!(
+            Period::years(6).add_to(ts("2026-11-20T14:03:11Z")),
+            ts("2032-11-20T14:03:11Z")
+        );
+        assert_eq!(
+            Period::years(1).add_to(ts("2024-02-29T12:00:00Z")),
+            ts("2025-03-01T12:00:00Z")
+        );
+        assert_eq!(
+            Period::years(4).add_to(ts("2024-02-29T12:00:00Z")),
+            ts("2028-02-29T12:00:00Z")
+        );
+        let m = Period {
+            years: 0,
+            months: 1,
+            days: 0,
+        };
+        assert_eq!(
+            m.add_to(ts("2026-01-31T00:00:00Z")),
+            ts("2026-03-01T00:00:00Z")
+        );
+        let d = Period {
+            years: 0,
+            months: 0,
+            days: 30,
+        };
+        assert_eq!(
+            d.add_to(ts("2026-12-15T08:00:00Z")),
+            ts("2027-01-14T08:00:00Z")
+        );
     }
 
     #[test]
@@ -332,7 +424,11 @@ mod tests {
         let day = Day::parse("2024-02-28").unwrap();
         let sealed = ts("2024-03-01T00:00:05Z");
         let until = retain_until(day, Period::years(6), sealed);
-        assert_eq!(until, ts("2030-03-01T00:00:00Z"), "29 Feb 2030 does not exist: forward");
+        assert_eq!(
+            until,
+            ts("2030-03-01T00:00:00Z"),
+            "29 Feb 2030 does not exist: forward"
+        );
         for t in ["2024-02-28T00:00:00Z", "2024-02-28T23:59:59.999999Z"] {
             assert!(until >= Period::years(6).add_to(ts(t)));
         }
@@ -346,9 +442,18 @@ mod tests {
         let policy = RetentionPolicy::new(
             vec![],
             vec![
-                Rule { pattern: "trade.*".into(), class: "sec-17a-4-a".into() },
-                Rule { pattern: "*.comm".into(), class: "sec-17a-4-b".into() },
-                Rule { pattern: "swap.*".into(), class: "cftc-1-31".into() },
+                Rule {
+                    pattern: "trade.*".into(),
+                    class: "sec-17a-4-a".into(),
+                },
+                Rule {
+                    pattern: "*.comm".into(),
+                    class: "sec-17a-4-b".into(),
+                },
+                Rule {
+                    pattern: "swap.*".into(),
+                    class: "cftc-1-31".into(),
+                },
             ],
             Some("sec-17a-4-b".into()),
         )
@@ -356,21 +461,49 @@ mod tests {
         let t = ts("2026-11-20T00:00:00Z");
         let r = |a: &str, e: Option<&str>| policy.resolve(a, e, t).unwrap();
         assert_eq!(&*r("trade.amend", None).class, "sec-17a-4-a");
-        assert_eq!(&*r("trade.comm", None).class, "sec-17a-4-a", "longest of two matches");
+        assert_eq!(
+            &*r("trade.comm", None).class,
+            "sec-17a-4-a",
+            "longest of two matches"
+        );
         assert_eq!(&*r("login", None).class, "sec-17a-4-b", "default");
-        assert_eq!(&*r("login", Some("finra-4511")).class, "finra-4511", "longer explicit honoured");
+        assert_eq!(
+            &*r("login", Some("finra-4511")).class,
+            "finra-4511",
+            "longer explicit honoured"
+        );
         let shorter = r("trade.amend", Some("sec-17a-4-b"));
         assert_eq!(&*shorter.class, "sec-17a-4-a");
         assert!(shorter.note.unwrap().contains("shorter"));
-        assert!(policy.resolve("x", Some("nope"), t).unwrap_err().contains("unknown retention class"));
+        assert!(
+            policy
+                .resolve("x", Some("nope"), t)
+                .unwrap_err()
+                .contains("unknown retention class")
+        );
     }
 
     #[test]
     fn shipped_classes_cannot_be_shortened() {
-        let short = RetentionClass { name: "sec-17a-4-a".into(), period: Period::years(5), description: String::new() };
-        assert!(RetentionPolicy::new(vec![short], vec![], None).unwrap_err().contains("never shortened"));
-        let bad_rule = Rule { pattern: "a".into(), class: "missing".into() };
-        assert!(RetentionPolicy::new(vec![], vec![bad_rule], None).unwrap_err().contains("unknown"));
+        let short = RetentionClass {
+            name: "sec-17a-4-a".into(),
+            period: Period::years(5),
+            description: String::new(),
+        };
+        assert!(
+            RetentionPolicy::new(vec![short], vec![], None)
+                .unwrap_err()
+                .contains("never shortened")
+        );
+        let bad_rule = Rule {
+            pattern: "a".into(),
+            class: "missing".into(),
+        };
+        assert!(
+            RetentionPolicy::new(vec![], vec![bad_rule], None)
+                .unwrap_err()
+                .contains("unknown")
+        );
     }
 
     #[test]

@@ -33,8 +33,13 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::{BinaryBuilder, FixedSizeBinaryBuilder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
-use arrow_array::{Array, ArrayRef, BinaryArray, FixedSizeBinaryArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow_array::builder::{
+    BinaryBuilder, FixedSizeBinaryBuilder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow_array::{
+    Array, ArrayRef, BinaryArray, FixedSizeBinaryArray, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
@@ -126,11 +131,17 @@ fn writer_properties(n_rows: usize, info: &SegmentInfo) -> WriterProperties {
     let col = |name: &str| ColumnPath::from(name);
     let rows_per_group = n_rows.clamp(1, ROW_GROUP_ROWS) as u64;
     let mut b = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("valid level")))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("valid level"),
+        ))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_data_page_row_count_limit(PAGE_ROWS)
-        .set_sorting_columns(Some(vec![SortingColumn { column_idx: 0, descending: false, nulls_first: false }]))
+        .set_sorting_columns(Some(vec![SortingColumn {
+            column_idx: 0,
+            descending: false,
+            nulls_first: false,
+        }]))
         .set_key_value_metadata(Some(footer_metadata(info)));
     for name in ["event_id", "subject_id", "actor_id"] {
         b = b
@@ -139,7 +150,15 @@ fn writer_properties(n_rows: usize, info: &SegmentInfo) -> WriterProperties {
             .set_column_bloom_filter_max_ndv(col(name), rows_per_group);
     }
     // Unique or near-unique columns gain nothing from dictionaries; blobs need no min/max.
-    for name in ["seq", "event_id", "occurred_at", "ingested_at", "payload", "canonical", "leaf_hash"] {
+    for name in [
+        "seq",
+        "event_id",
+        "occurred_at",
+        "ingested_at",
+        "payload",
+        "canonical",
+        "leaf_hash",
+    ] {
         b = b.set_column_dictionary_enabled(col(name), false);
     }
     for name in ["payload", "canonical", "leaf_hash"] {
@@ -170,18 +189,26 @@ pub fn info_from_footer(kv: &[KeyValue]) -> Result<SegmentInfo, String> {
         if let (Some(k), Some(v)) = (entry.key.strip_prefix("wormvault."), &entry.value) {
             let value = match k {
                 "format_version" | "batch_idx" | "n_events" | "first_seq" | "last_seq" => {
-                    serde_json::Value::Number(v.parse::<u64>().map_err(|_| format!("footer {k} is not a number: {v:?}"))?.into())
+                    serde_json::Value::Number(
+                        v.parse::<u64>()
+                            .map_err(|_| format!("footer {k} is not a number: {v:?}"))?
+                            .into(),
+                    )
                 }
                 _ => serde_json::Value::String(v.clone()),
             };
             map.insert(k.to_owned(), value);
         }
     }
-    serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| format!("segment footer metadata: {e}"))
+    serde_json::from_value(serde_json::Value::Object(map))
+        .map_err(|e| format!("segment footer metadata: {e}"))
 }
 
 /// Encodes a batch of records (in sequence order) as a segment.
-pub fn write_segment(header: &SegmentHeader, records: &[Record]) -> Result<SealedSegment, parquet::errors::ParquetError> {
+pub fn write_segment(
+    header: &SegmentHeader,
+    records: &[Record],
+) -> Result<SealedSegment, parquet::errors::ParquetError> {
     assert!(!records.is_empty(), "a segment holds at least one event");
     let leaves: Vec<Hash> = records.iter().map(|r| r.leaf).collect();
     let info = SegmentInfo {
@@ -194,8 +221,16 @@ pub fn write_segment(header: &SegmentHeader, records: &[Record]) -> Result<Seale
         n_events: records.len() as u64,
         first_seq: header.first_seq,
         last_seq: header.first_seq + records.len() as u64 - 1,
-        first_occurred_at: records.iter().map(|r| r.event.occurred_at).min().expect("non-empty"),
-        last_occurred_at: records.iter().map(|r| r.event.occurred_at).max().expect("non-empty"),
+        first_occurred_at: records
+            .iter()
+            .map(|r| r.event.occurred_at)
+            .min()
+            .expect("non-empty"),
+        last_occurred_at: records
+            .iter()
+            .map(|r| r.event.occurred_at)
+            .max()
+            .expect("non-empty"),
         merkle_root: merkle::root(&leaves),
     };
     let total: usize = records.iter().map(|r| r.canonical.len()).sum();
@@ -211,7 +246,12 @@ pub fn write_segment(header: &SegmentHeader, records: &[Record]) -> Result<Seale
     let bytes = Bytes::from(out);
     let sha256 = merkle::sha256(&bytes);
     let md5 = md5_digest(&bytes);
-    Ok(SealedSegment { info, bytes, sha256, md5 })
+    Ok(SealedSegment {
+        info,
+        bytes,
+        sha256,
+        md5,
+    })
 }
 
 pub fn md5_digest(data: &[u8]) -> [u8; 16] {
@@ -317,10 +357,19 @@ pub struct ReadSegment {
 /// Decodes a whole segment. Used by sweeps and tests; fails on anything that is not a
 /// segment of this format.
 pub fn read_segment(bytes: Bytes) -> Result<ReadSegment, String> {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| format!("not a Parquet file: {e}"))?;
-    let kv = builder.metadata().file_metadata().key_value_metadata().cloned().unwrap_or_default();
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| format!("not a Parquet file: {e}"))?;
+    let kv = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .cloned()
+        .unwrap_or_default();
     let info = info_from_footer(&kv)?;
-    let reader = builder.with_batch_size(CHUNK_ROWS).build().map_err(|e| e.to_string())?;
+    let reader = builder
+        .with_batch_size(CHUNK_ROWS)
+        .build()
+        .map_err(|e| e.to_string())?;
     let mut rows = Vec::with_capacity(info.n_events as usize);
     for batch in reader {
         let batch = batch.map_err(|e| format!("decoding: {e}"))?;
@@ -338,9 +387,19 @@ fn rows_of(batch: &RecordBatch) -> Result<Vec<StoredRow>, String> {
     let s = |name| col::<StringArray>(batch, name);
     let opt = |a: &StringArray, i: usize| (!a.is_null(i)).then(|| a.value(i).to_owned());
     let seq = col::<Int64Array>(batch, "seq")?;
-    let (event_id, actor_type, actor_id, actor_role) = (s("event_id")?, s("actor_type")?, s("actor_id")?, s("actor_role")?);
+    let (event_id, actor_type, actor_id, actor_role) = (
+        s("event_id")?,
+        s("actor_type")?,
+        s("actor_id")?,
+        s("actor_role")?,
+    );
     let (action, subject_type, subject_id) = (s("action")?, s("subject_type")?, s("subject_id")?);
-    let (origin_ip, origin_device, source, class) = (s("origin_ip")?, s("origin_device")?, s("source")?, s("retention_class")?);
+    let (origin_ip, origin_device, source, class) = (
+        s("origin_ip")?,
+        s("origin_device")?,
+        s("source")?,
+        s("retention_class")?,
+    );
     let (correlation, payload) = (s("correlation_id")?, s("payload")?);
     let occurred = col::<TimestampMicrosecondArray>(batch, "occurred_at")?;
     let ingested = col::<TimestampMicrosecondArray>(batch, "ingested_at")?;
@@ -366,7 +425,10 @@ fn rows_of(batch: &RecordBatch) -> Result<Vec<StoredRow>, String> {
                 correlation_id: opt(correlation, i),
                 payload: payload.value(i).to_owned(),
                 canonical: canonical.value(i).to_vec(),
-                leaf_hash: leaf.value(i).try_into().map_err(|_| "leaf hash is not 32 bytes".to_string())?,
+                leaf_hash: leaf
+                    .value(i)
+                    .try_into()
+                    .map_err(|_| "leaf hash is not 32 bytes".to_string())?,
             })
         })
         .collect()
@@ -399,7 +461,10 @@ mod tests {
     use crate::event::{Limits, parse_event};
 
     pub(crate) fn sample_records(n: usize) -> Vec<Record> {
-        let limits = Limits { max_event_bytes: 1 << 20, latest_occurred_at: Timestamp::now() };
+        let limits = Limits {
+            max_event_bytes: 1 << 20,
+            latest_occurred_at: Timestamp::now(),
+        };
         (0..n)
             .map(|i| {
                 let json = format!(
@@ -432,17 +497,27 @@ mod tests {
         assert_eq!(back.info.first_seq, 101);
         assert_eq!(back.info.last_seq, 1100);
         assert_eq!(back.rows.len(), 1000);
-        let leaves: Vec<Hash> = back.rows.iter().map(|r| merkle::leaf_hash(&r.canonical)).collect();
+        let leaves: Vec<Hash> = back
+            .rows
+            .iter()
+            .map(|r| merkle::leaf_hash(&r.canonical))
+            .collect();
         assert_eq!(merkle::root(&leaves), back.info.merkle_root);
         for (row, rec) in back.rows.iter().zip(&records) {
             assert_eq!(row.event_id, rec.event.event_id);
             assert_eq!(row.canonical, rec.canonical);
             assert_eq!(row.leaf_hash, rec.leaf);
             assert_eq!(row.payload, rec.event.payload);
-            assert_eq!(row.origin_ip.as_deref(), rec.event.origin.as_ref().unwrap().ip.as_deref());
+            assert_eq!(
+                row.origin_ip.as_deref(),
+                rec.event.origin.as_ref().unwrap().ip.as_deref()
+            );
             assert_eq!(row.actor_role, None);
         }
         // Same input, same bytes: a retried seal is byte-identical.
-        assert_eq!(write_segment(&header, &records).unwrap().bytes, sealed.bytes);
+        assert_eq!(
+            write_segment(&header, &records).unwrap().bytes,
+            sealed.bytes
+        );
     }
 }

@@ -32,7 +32,9 @@ pub enum TimestampError {
     MissingOffset,
     #[error("names a date or time that does not exist ({0})")]
     OutOfRange(&'static str),
-    #[error("has {0} fractional digits with a non-zero part below one microsecond; at most microsecond precision is stored")]
+    #[error(
+        "has {0} fractional digits with a non-zero part below one microsecond; at most microsecond precision is stored"
+    )]
     SubMicrosecond(usize),
 }
 
@@ -111,7 +113,11 @@ impl Timestamp {
         let day = digits(8..10)?;
         match b.get(10) {
             Some(b'T' | b't') => {}
-            None => return Err(Syntax("a date alone is not an instant; add a time and offset")),
+            None => {
+                return Err(Syntax(
+                    "a date alone is not an instant; add a time and offset",
+                ));
+            }
             Some(_) => return Err(Syntax("expected `T` between date and time")),
         }
         let hour = digits(11..13)?;
@@ -120,7 +126,9 @@ impl Timestamp {
         }
         let minute = digits(14..16)?;
         if b.get(16) != Some(&b':') {
-            return Err(Syntax("expected `:` after the minutes (seconds are required)"));
+            return Err(Syntax(
+                "expected `:` after the minutes (seconds are required)",
+            ));
         }
         let second = digits(17..19)?;
         let mut i = 19;
@@ -260,7 +268,9 @@ impl Day {
         if s.len() != 10 {
             return None;
         }
-        NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().map(Day::from_date)
+        NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .ok()
+            .map(Day::from_date)
     }
 }
 
@@ -295,13 +305,31 @@ mod tests {
     #[test]
     fn parses_and_normalises_to_utc_micros() {
         assert_eq!(ts("1970-01-01T00:00:00Z").as_micros(), 0);
-        assert_eq!(ts("2026-11-20T14:03:11.123456Z").to_string(), "2026-11-20T14:03:11.123456Z");
-        assert_eq!(ts("2026-11-20T09:03:11.5-05:00").to_string(), "2026-11-20T14:03:11.500000Z");
-        assert_eq!(ts("2026-11-21T00:30:00+01:00").day().to_string(), "2026-11-20");
-        assert_eq!(ts("2026-11-20t14:03:11.123456z").to_string(), "2026-11-20T14:03:11.123456Z");
-        assert_eq!(ts("2026-11-20T14:03:11.123456000Z"), ts("2026-11-20T14:03:11.123456Z"));
+        assert_eq!(
+            ts("2026-11-20T14:03:11.123456Z").to_string(),
+            "2026-11-20T14:03:11.123456Z"
+        );
+        assert_eq!(
+            ts("2026-11-20T09:03:11.5-05:00").to_string(),
+            "2026-11-20T14:03:11.500000Z"
+        );
+        assert_eq!(
+            ts("2026-11-21T00:30:00+01:00").day().to_string(),
+            "2026-11-20"
+        );
+        assert_eq!(
+            ts("2026-11-20t14:03:11.123456z").to_string(),
+            "2026-11-20T14:03:11.123456Z"
+        );
+        assert_eq!(
+            ts("2026-11-20T14:03:11.123456000Z"),
+            ts("2026-11-20T14:03:11.123456Z")
+        );
         assert_eq!(ts("1969-12-31T23:59:59.999999Z").as_micros(), -1);
-        assert_eq!(ts("1969-12-31T23:59:59.999999Z").to_string(), "1969-12-31T23:59:59.999999Z");
+        assert_eq!(
+            ts("1969-12-31T23:59:59.999999Z").to_string(),
+            "1969-12-31T23:59:59.999999Z"
+        );
     }
 
     #[test]
@@ -315,7 +343,10 @@ mod tests {
         assert!(matches!(err("2026-02-30T00:00:00Z"), OutOfRange("date")));
         assert!(matches!(err("2026-11-20T24:00:00Z"), OutOfRange("hour")));
         assert!(matches!(err("2026-12-31T23:59:60Z"), OutOfRange(_)));
-        assert!(matches!(err("2026-11-20T14:03:11.1234567Z"), SubMicrosecond(7)));
+        assert!(matches!(
+            err("2026-11-20T14:03:11.1234567Z"),
+            SubMicrosecond(7)
+        ));
         assert!(matches!(err("2026-11-20T14:03:11Z "), Syntax(_)));
         assert!(matches!(err("2026-11-20T14:03:11+0100"), Syntax(_)));
         assert!(matches!(err("20261120T140311Z"), Syntax(_)));
@@ -329,7 +360,13 @@ mod tests {
         assert_eq!(d.next().to_string(), "2024-03-01");
         assert_eq!(d.start(), ts("2024-02-29T00:00:00Z"));
         assert_eq!(Day::parse("2024-2-29"), None);
-        assert_eq!(ts("2026-01-01T00:00:00.000001Z").ceil_to_second(), ts("2026-01-01T00:00:01Z"));
-        assert_eq!(ts("2026-01-01T00:00:01Z").ceil_to_second(), ts("2026-01-01T00:00:01Z"));
+        assert_eq!(
+            ts("2026-01-01T00:00:00.000001Z").ceil_to_second(),
+            ts("2026-01-01T00:00:01Z")
+        );
+        assert_eq!(
+            ts("2026-01-01T00:00:01Z").ceil_to_second(),
+            ts("2026-01-01T00:00:01Z")
+        );
     }
 }

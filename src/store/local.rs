@@ -26,7 +26,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{ListEntry, LockMode, ObjectInfo, PutReceipt, PutRequest, StoreError, VersionEntry, WormStore, check_sealed};
+use super::{
+    ListEntry, LockMode, ObjectInfo, PutReceipt, PutRequest, StoreError, VersionEntry, WormStore,
+    check_sealed,
+};
 use crate::timestamp::Timestamp;
 
 const META_DIR: &str = ".wormvault/meta";
@@ -62,7 +65,9 @@ impl LocalStore {
             "The local directory store is a development store: it enforces write-once rules in software \
              but anyone with access to the directory can change it. It is not an SEC 17a-4(f) compliance store."
         );
-        Ok(LocalStore { root: Arc::new(root) })
+        Ok(LocalStore {
+            root: Arc::new(root),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -83,9 +88,14 @@ impl LocalStore {
             || key.starts_with('/')
             || key.starts_with(".wormvault")
             || key.ends_with('/')
-            || key.split('/').any(|s| s.is_empty() || s == "." || s == "..");
+            || key
+                .split('/')
+                .any(|s| s.is_empty() || s == "." || s == "..");
         if bad {
-            Err(StoreError::Other { key: key.into(), message: "not a valid object key for the local store".into() })
+            Err(StoreError::Other {
+                key: key.into(),
+                message: "not a valid object key for the local store".into(),
+            })
         } else {
             Ok(())
         }
@@ -94,7 +104,10 @@ impl LocalStore {
     fn put_blocking(&self, req: &PutRequest) -> Result<PutReceipt, StoreError> {
         let key = &req.key;
         Self::check_key(key)?;
-        let io_err = |e: io::Error| StoreError::Other { key: key.clone(), message: e.to_string() };
+        let io_err = |e: io::Error| StoreError::Other {
+            key: key.clone(),
+            message: e.to_string(),
+        };
         let obj = self.object_path(key);
         if obj.exists() {
             return Err(StoreError::AlreadyExists { key: key.clone() });
@@ -114,7 +127,11 @@ impl LocalStore {
         let tmp = self.root.join(TMP_DIR);
         static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let stem = format!("{}-{n}-{}", std::process::id(), hex::encode(&req.sha256[..8]));
+        let stem = format!(
+            "{}-{n}-{}",
+            std::process::id(),
+            hex::encode(&req.sha256[..8])
+        );
         let tmp_obj = tmp.join(format!("{stem}.obj"));
         let tmp_meta = tmp.join(format!("{stem}.meta"));
         write_synced(&tmp_obj, &req.body, true).map_err(io_err)?;
@@ -171,13 +188,23 @@ impl LocalStore {
         let stat = match fs::metadata(self.object_path(key)) {
             Ok(m) if m.is_file() => m,
             Ok(_) => return Err(StoreError::NotFound { key: key.into() }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound { key: key.into() }),
-            Err(e) => return Err(StoreError::Other { key: key.into(), message: e.to_string() }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound { key: key.into() });
+            }
+            Err(e) => {
+                return Err(StoreError::Other {
+                    key: key.into(),
+                    message: e.to_string(),
+                });
+            }
         };
         let meta = self.read_meta(key);
         Ok(ObjectInfo {
             key: key.to_owned(),
-            version_id: Some(meta.as_ref().map_or_else(|| "null".to_owned(), |m| m.version_id.clone())),
+            version_id: Some(
+                meta.as_ref()
+                    .map_or_else(|| "null".to_owned(), |m| m.version_id.clone()),
+            ),
             size: stat.len(),
             lock_mode: meta.as_ref().map(|m| m.lock_mode),
             retain_until: meta.as_ref().map(|m| m.retain_until),
@@ -206,26 +233,48 @@ impl LocalStore {
             Some(i) => &prefix[..i],
             None => "",
         };
-        let start = if dir_part.is_empty() { self.root.to_path_buf() } else { self.root.join(dir_part) };
+        let start = if dir_part.is_empty() {
+            self.root.to_path_buf()
+        } else {
+            self.root.join(dir_part)
+        };
         let mut out = Vec::new();
         let mut stack = vec![start];
         while let Some(dir) = stack.pop() {
             let entries = match fs::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(StoreError::Other { key: prefix.into(), message: e.to_string() }),
+                Err(e) => {
+                    return Err(StoreError::Other {
+                        key: prefix.into(),
+                        message: e.to_string(),
+                    });
+                }
             };
             for entry in entries {
-                let entry = entry.map_err(|e| StoreError::Other { key: prefix.into(), message: e.to_string() })?;
+                let entry = entry.map_err(|e| StoreError::Other {
+                    key: prefix.into(),
+                    message: e.to_string(),
+                })?;
                 let path = entry.path();
                 let rel = path.strip_prefix(&*self.root).expect("under root");
-                let key: String = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+                let key: String = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
                 if key.starts_with(".wormvault") {
                     continue;
                 }
-                let ft = entry.file_type().map_err(|e| StoreError::Other { key: key.clone(), message: e.to_string() })?;
+                let ft = entry.file_type().map_err(|e| StoreError::Other {
+                    key: key.clone(),
+                    message: e.to_string(),
+                })?;
                 if ft.is_dir() {
-                    if prefix.starts_with(&format!("{key}/")) || key.starts_with(prefix) || prefix.is_empty() {
+                    if prefix.starts_with(&format!("{key}/"))
+                        || key.starts_with(prefix)
+                        || prefix.is_empty()
+                    {
                         stack.push(path);
                     }
                 } else if key.starts_with(prefix) {
@@ -240,7 +289,10 @@ impl LocalStore {
 }
 
 fn write_synced(path: &Path, bytes: &[u8], read_only: bool) -> io::Result<()> {
-    let mut f = fs::OpenOptions::new().write(true).create_new(true).open(path)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     if read_only {
@@ -253,10 +305,15 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Other { key: String::new(), message: format!("store task failed: {e}") }))
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(StoreError::Other {
+            key: String::new(),
+            message: format!("store task failed: {e}"),
+        })
+    })
 }
 
 #[async_trait::async_trait]
@@ -279,7 +336,9 @@ impl WormStore for LocalStore {
         blocking(move || {
             let head = this.head_blocking(&key)?;
             match version {
-                Some(v) if head.version_id.as_deref() != Some(v.as_str()) => Err(StoreError::NotFound { key }),
+                Some(v) if head.version_id.as_deref() != Some(v.as_str()) => {
+                    Err(StoreError::NotFound { key })
+                }
                 _ => Ok(head),
             }
         })
@@ -290,7 +349,15 @@ impl WormStore for LocalStore {
         let head = self.head(key, version_id).await?;
         let path = self.object_path(&head.key);
         let key = key.to_owned();
-        blocking(move || fs::read(&path).map(Bytes::from).map_err(|e| StoreError::Other { key, message: e.to_string() })).await
+        blocking(move || {
+            fs::read(&path)
+                .map(Bytes::from)
+                .map_err(|e| StoreError::Other {
+                    key,
+                    message: e.to_string(),
+                })
+        })
+        .await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ListEntry>, StoreError> {

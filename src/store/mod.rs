@@ -44,10 +44,22 @@ pub struct PutRequest {
 }
 
 impl PutRequest {
-    pub fn new(key: String, body: Bytes, retain_until: Timestamp, content_type: &'static str) -> PutRequest {
+    pub fn new(
+        key: String,
+        body: Bytes,
+        retain_until: Timestamp,
+        content_type: &'static str,
+    ) -> PutRequest {
         let sha256 = merkle::sha256(&body);
         let md5 = crate::segment::md5_digest(&body);
-        PutRequest { key, body, retain_until, sha256, md5, content_type }
+        PutRequest {
+            key,
+            body,
+            retain_until,
+            sha256,
+            md5,
+            content_type,
+        }
     }
 }
 
@@ -153,25 +165,54 @@ pub trait WormStore: Send + Sync + 'static {
 
 /// Checks that a just-written object is what a sealed put promises. Shared by every backend,
 /// so a server that ignores a header is caught the same way everywhere.
-pub fn check_sealed(req: &PutRequest, version_id: &str, head: &ObjectInfo, versions: &[VersionEntry]) -> Result<(), StoreError> {
-    let fail = |problem: String| Err(StoreError::NotSealed { key: req.key.clone(), problem });
+pub fn check_sealed(
+    req: &PutRequest,
+    version_id: &str,
+    head: &ObjectInfo,
+    versions: &[VersionEntry],
+) -> Result<(), StoreError> {
+    let fail = |problem: String| {
+        Err(StoreError::NotSealed {
+            key: req.key.clone(),
+            problem,
+        })
+    };
     match head.lock_mode {
         Some(LockMode::Compliance) => {}
-        Some(LockMode::Governance) => return fail("it is locked in GOVERNANCE mode, not COMPLIANCE".into()),
-        None => return fail("it has no object lock; the bucket may not have Object Lock enabled".into()),
+        Some(LockMode::Governance) => {
+            return fail("it is locked in GOVERNANCE mode, not COMPLIANCE".into());
+        }
+        None => {
+            return fail(
+                "it has no object lock; the bucket may not have Object Lock enabled".into(),
+            );
+        }
     }
     match head.retain_until {
         Some(t) if t >= req.retain_until => {}
-        Some(t) => return fail(format!("its retain-until is {t}, earlier than the required {}", req.retain_until)),
+        Some(t) => {
+            return fail(format!(
+                "its retain-until is {t}, earlier than the required {}",
+                req.retain_until
+            ));
+        }
         None => return fail("it has no retain-until date".into()),
     }
     if head.size != req.body.len() as u64 {
-        return fail(format!("its size is {} bytes, not {}", head.size, req.body.len()));
+        return fail(format!(
+            "its size is {} bytes, not {}",
+            head.size,
+            req.body.len()
+        ));
     }
-    if let Some(sha) = head.sha256 {
-        if sha != req.sha256 {
-            return fail(format!("its stored SHA-256 is {}, not {}", hex::encode(sha), hex::encode(req.sha256)));
-        }
+    if let Some(sha) = head.sha256
+        && sha != req.sha256
+    {
+        return fail(format!(
+            "its stored SHA-256 is {}, not {}",
+            hex::encode(sha),
+            hex::encode(req.sha256)
+        ));
     }
     if head.version_id.as_deref().is_some_and(|v| v != version_id) {
         return fail(format!(
@@ -183,7 +224,17 @@ pub fn check_sealed(req: &PutRequest, version_id: &str, head: &ObjectInfo, versi
     if live.len() != 1 || live[0].is_delete_marker || live[0].version_id != version_id {
         let list: Vec<String> = live
             .iter()
-            .map(|v| format!("{}{}", v.version_id, if v.is_delete_marker { " (delete marker)" } else { "" }))
+            .map(|v| {
+                format!(
+                    "{}{}",
+                    v.version_id,
+                    if v.is_delete_marker {
+                        " (delete marker)"
+                    } else {
+                        ""
+                    }
+                )
+            })
             .collect();
         return fail(format!(
             "the key has {} versions [{}]; exactly one ({version_id}) was expected. The server may ignore If-None-Match",
@@ -198,7 +249,11 @@ pub fn check_sealed(req: &PutRequest, version_id: &str, head: &ObjectInfo, versi
 /// sufficient COMPLIANCE lock, that object is accepted as this write (a retry after a crash);
 /// anything else is an error. With `maybe_exists`, HEAD first, so that servers which ignore
 /// `If-None-Match` on versioned buckets (Ceph RGW) do not get a second version on a retry.
-pub async fn put_or_confirm(store: &dyn WormStore, req: &PutRequest, maybe_exists: bool) -> Result<PutReceipt, StoreError> {
+pub async fn put_or_confirm(
+    store: &dyn WormStore,
+    req: &PutRequest,
+    maybe_exists: bool,
+) -> Result<PutReceipt, StoreError> {
     if maybe_exists {
         match store.head(&req.key, None).await {
             Ok(_) => return confirm_identical(store, req).await,
@@ -212,14 +267,19 @@ pub async fn put_or_confirm(store: &dyn WormStore, req: &PutRequest, maybe_exist
     }
 }
 
-async fn confirm_identical(store: &dyn WormStore, req: &PutRequest) -> Result<PutReceipt, StoreError> {
+async fn confirm_identical(
+    store: &dyn WormStore,
+    req: &PutRequest,
+) -> Result<PutReceipt, StoreError> {
     let head = store.head(&req.key, None).await?;
     let sha = match head.sha256 {
         Some(sha) => sha,
         None => merkle::sha256(&store.get(&req.key, head.version_id.as_deref()).await?),
     };
     if sha != req.sha256 || head.size != req.body.len() as u64 {
-        return Err(StoreError::Conflict { key: req.key.clone() });
+        return Err(StoreError::Conflict {
+            key: req.key.clone(),
+        });
     }
     let version_id = head.version_id.clone().unwrap_or_else(|| "null".into());
     let versions = store.versions(&req.key).await?;
@@ -238,7 +298,12 @@ mod tests {
     use super::*;
 
     fn req() -> PutRequest {
-        PutRequest::new("k".into(), Bytes::from_static(b"abc"), Timestamp::from_micros(1_000_000), "x")
+        PutRequest::new(
+            "k".into(),
+            Bytes::from_static(b"abc"),
+            Timestamp::from_micros(1_000_000),
+            "x",
+        )
     }
 
     fn head() -> ObjectInfo {
@@ -254,7 +319,13 @@ mod tests {
     }
 
     fn version(id: &str, marker: bool) -> VersionEntry {
-        VersionEntry { key: "k".into(), version_id: id.into(), is_delete_marker: marker, is_latest: true, size: 3 }
+        VersionEntry {
+            key: "k".into(),
+            version_id: id.into(),
+            is_delete_marker: marker,
+            is_latest: true,
+            size: 3,
+        }
     }
 
     #[test]
@@ -265,14 +336,55 @@ mod tests {
             Err(StoreError::NotSealed { problem, .. }) => problem,
             other => panic!("{other:?}"),
         };
-        assert!(problem(ObjectInfo { lock_mode: None, ..head() }, &ok).contains("no object lock"));
-        assert!(problem(ObjectInfo { lock_mode: Some(LockMode::Governance), ..head() }, &ok).contains("GOVERNANCE"));
-        assert!(problem(ObjectInfo { retain_until: Some(Timestamp::from_micros(999_999)), ..head() }, &ok).contains("earlier"));
-        assert!(problem(ObjectInfo { sha256: Some([0; 32]), ..head() }, &ok).contains("SHA-256"));
-        assert!(problem(head(), &[version("v0", false), version("v1", false)]).contains("2 versions"));
+        assert!(
+            problem(
+                ObjectInfo {
+                    lock_mode: None,
+                    ..head()
+                },
+                &ok
+            )
+            .contains("no object lock")
+        );
+        assert!(
+            problem(
+                ObjectInfo {
+                    lock_mode: Some(LockMode::Governance),
+                    ..head()
+                },
+                &ok
+            )
+            .contains("GOVERNANCE")
+        );
+        assert!(
+            problem(
+                ObjectInfo {
+                    retain_until: Some(Timestamp::from_micros(999_999)),
+                    ..head()
+                },
+                &ok
+            )
+            .contains("earlier")
+        );
+        assert!(
+            problem(
+                ObjectInfo {
+                    sha256: Some([0; 32]),
+                    ..head()
+                },
+                &ok
+            )
+            .contains("SHA-256")
+        );
+        assert!(
+            problem(head(), &[version("v0", false), version("v1", false)]).contains("2 versions")
+        );
         assert!(problem(head(), &[version("v1", true)]).contains("delete marker"));
         // Other keys that share the prefix are not this key's versions.
-        let other = VersionEntry { key: "k2".into(), ..version("x", false) };
+        let other = VersionEntry {
+            key: "k2".into(),
+            ..version("x", false)
+        };
         assert!(check_sealed(&req(), "v1", &head(), &[version("v1", false), other]).is_ok());
     }
 }

@@ -24,7 +24,10 @@ use aws_sdk_s3::types::{ChecksumMode, ObjectLockLegalHoldStatus, ObjectLockMode}
 use base64::Engine as _;
 use bytes::Bytes;
 
-use super::{ListEntry, LockMode, ObjectInfo, PutReceipt, PutRequest, StoreError, VersionEntry, WormStore, check_sealed};
+use super::{
+    ListEntry, LockMode, ObjectInfo, PutReceipt, PutRequest, StoreError, VersionEntry, WormStore,
+    check_sealed,
+};
 use crate::timestamp::Timestamp;
 
 /// Resolved S3 connection settings.
@@ -75,9 +78,16 @@ impl S3Store {
         let description = format!(
             "s3://{} at {}",
             settings.bucket,
-            settings.endpoint.as_deref().unwrap_or(&format!("AWS {}", settings.region))
+            settings
+                .endpoint
+                .as_deref()
+                .unwrap_or(&format!("AWS {}", settings.region))
         );
-        S3Store { client, bucket: settings.bucket.clone(), description }
+        S3Store {
+            client,
+            bucket: settings.bucket.clone(),
+            description,
+        }
     }
 
     pub fn client(&self) -> &Client {
@@ -91,7 +101,10 @@ impl S3Store {
 
 fn to_smithy(t: Timestamp) -> aws_smithy_types::DateTime {
     let micros = t.as_micros();
-    aws_smithy_types::DateTime::from_secs_and_nanos(micros.div_euclid(1_000_000), (micros.rem_euclid(1_000_000) * 1000) as u32)
+    aws_smithy_types::DateTime::from_secs_and_nanos(
+        micros.div_euclid(1_000_000),
+        (micros.rem_euclid(1_000_000) * 1000) as u32,
+    )
 }
 
 fn from_smithy(t: &aws_smithy_types::DateTime) -> Timestamp {
@@ -111,19 +124,39 @@ fn map_err<E: ProvideErrorMetadata + std::error::Error + 'static>(
             let message = se.err().message().unwrap_or("").to_owned();
             match (status, code) {
                 (412, _) | (_, "PreconditionFailed") => StoreError::AlreadyExists { key },
-                (404, _) | (_, "NoSuchKey" | "NotFound" | "NoSuchVersion") => StoreError::NotFound { key },
-                (_, "NoSuchBucket") => StoreError::Other { key, message: format!("the bucket does not exist: {message}") },
-                (403, _) => StoreError::PermissionDenied { key, message: format!("{code}: {message}") },
+                (404, _) | (_, "NoSuchKey" | "NotFound" | "NoSuchVersion") => {
+                    StoreError::NotFound { key }
+                }
+                (_, "NoSuchBucket") => StoreError::Other {
+                    key,
+                    message: format!("the bucket does not exist: {message}"),
+                },
+                (403, _) => StoreError::PermissionDenied {
+                    key,
+                    message: format!("{code}: {message}"),
+                },
                 (409, "ConditionalRequestConflict") | (429, _) | (500..=599, _) => {
                     StoreError::Unavailable(format!("{status} {code}: {message}"))
                 }
-                _ => StoreError::Other { key, message: format!("HTTP {status} {code}: {message}") },
+                _ => StoreError::Other {
+                    key,
+                    message: format!("HTTP {status} {code}: {message}"),
+                },
             }
         }
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            StoreError::Unavailable(format!("{}", aws_smithy_types::error::display::DisplayErrorContext(&err)))
+            StoreError::Unavailable(format!(
+                "{}",
+                aws_smithy_types::error::display::DisplayErrorContext(&err)
+            ))
         }
-        _ => StoreError::Other { key, message: format!("{}", aws_smithy_types::error::display::DisplayErrorContext(&err)) },
+        _ => StoreError::Other {
+            key,
+            message: format!(
+                "{}",
+                aws_smithy_types::error::display::DisplayErrorContext(&err)
+            ),
+        },
     }
 }
 
@@ -212,7 +245,11 @@ impl WormStore for S3Store {
             .send()
             .await
             .map_err(|e| map_err(key, e))?;
-        let body = out.body.collect().await.map_err(|e| StoreError::Unavailable(format!("reading {key}: {e}")))?;
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("reading {key}: {e}")))?;
         Ok(body.into_bytes())
     }
 
@@ -231,7 +268,10 @@ impl WormStore for S3Store {
                 .map_err(|e| map_err(prefix, e))?;
             for o in page.contents() {
                 if let Some(key) = o.key() {
-                    out.push(ListEntry { key: key.to_owned(), size: o.size().unwrap_or(0).max(0) as u64 });
+                    out.push(ListEntry {
+                        key: key.to_owned(),
+                        size: o.size().unwrap_or(0).max(0) as u64,
+                    });
                 }
             }
             match page.next_continuation_token() {

@@ -1,0 +1,170 @@
+//! An archive opened for writing: settings, store, local state and writer id, assembled once.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+
+use crate::config::{Settings, StoreSettings};
+use crate::event::Limits;
+use crate::layout::{KeyKind, WriterId};
+use crate::seal::SealContext;
+use crate::state::State;
+use crate::store::local::LocalStore;
+use crate::store::s3::S3Store;
+use crate::store::{StoreError, WormStore};
+use crate::timestamp::Timestamp;
+use crate::upload::Uploader;
+
+/// Why an archive could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("opening the store: {0}")]
+    Store(String),
+    #[error("{0}")]
+    Writer(String),
+}
+
+/// The writer side of an archive.
+pub struct Archive {
+    pub settings: Settings,
+    pub store: Arc<dyn WormStore>,
+    pub state: Arc<State>,
+    pub writer: WriterId,
+}
+
+/// Opens the configured store.
+pub async fn open_store(settings: &Settings) -> Result<Arc<dyn WormStore>, OpenError> {
+    Ok(match &settings.store {
+        StoreSettings::Local { path } => Arc::new(
+            LocalStore::open(path)
+                .map_err(|e| OpenError::Store(format!("{}: {e}", path.display())))?,
+        ),
+        StoreSettings::S3(s3) => Arc::new(S3Store::connect(s3).await),
+    })
+}
+
+impl Archive {
+    /// Opens the store and the state, and settles the writer id: the configured one, else the
+    /// one kept in the state, else a new one (host name plus a random suffix), which is kept.
+    pub async fn open(settings: Settings) -> Result<Archive, OpenError> {
+        let store = open_store(&settings).await?;
+        Self::open_with_store(settings, store).await
+    }
+
+    pub async fn open_with_store(
+        settings: Settings,
+        store: Arc<dyn WormStore>,
+    ) -> Result<Archive, OpenError> {
+        let state = Arc::new(State::open(
+            &settings.state_dir,
+            settings.index_cache_bytes,
+        )?);
+        let kept = state.writer_id()?;
+        let writer = match (&settings.writer_id, kept) {
+            (Some(configured), Some(kept)) if *configured != kept => {
+                return Err(OpenError::Writer(format!(
+                    "the state directory {} belongs to writer {kept:?} but writer_id is configured as {configured:?}; \
+                     each writer needs its own state directory",
+                    settings.state_dir.display()
+                )));
+            }
+            (_, Some(kept)) => kept,
+            (Some(configured), None) => {
+                refuse_if_writer_exists(store.as_ref(), &settings, configured).await?;
+                state.set_writer_id(configured)?;
+                configured.clone()
+            }
+            (None, None) => {
+                let id = default_writer_id();
+                state.set_writer_id(&id)?;
+                id
+            }
+        };
+        Ok(Archive {
+            settings,
+            store,
+            state,
+            writer,
+        })
+    }
+
+    pub fn uploader(&self) -> Uploader {
+        Uploader {
+            store: self.store.clone(),
+            state: self.state.clone(),
+            layout: self.settings.layout.clone(),
+            retention: self.settings.retention.clone(),
+        }
+    }
+
+    pub fn seal_context(&self) -> SealContext {
+        SealContext {
+            writer: self.writer.clone(),
+            retention: self.settings.retention.clone(),
+            window_days: self.settings.window_days,
+            state: self.state.clone(),
+        }
+    }
+
+    /// Parsing limits as of `now`.
+    pub fn limits(&self, now: Timestamp) -> Limits {
+        Limits {
+            max_event_bytes: self.settings.events.max_event_bytes,
+            latest_occurred_at: now
+                .plus_micros(self.settings.events.max_future_skew.as_micros() as i64),
+        }
+    }
+}
+
+/// A fresh state with a configured writer id must not continue a chain it does not hold.
+async fn refuse_if_writer_exists(
+    store: &dyn WormStore,
+    settings: &Settings,
+    writer: &WriterId,
+) -> Result<(), OpenError> {
+    let listed = store.list(&settings.layout.manifests_prefix()).await;
+    let entries = match listed {
+        Ok(e) => e,
+        Err(StoreError::Unavailable(m)) => return Err(OpenError::Store(m)),
+        Err(e) => return Err(OpenError::Store(e.to_string())),
+    };
+    let taken = entries.iter().any(|e| {
+        matches!(settings.layout.parse(&e.key), Some(KeyKind::Manifest { writer: w, .. }) if &w == writer)
+    });
+    if taken {
+        return Err(OpenError::Writer(format!(
+            "writer {writer:?} already has manifests in the store but the state directory {} is new; \
+             restore that writer's state directory, or configure a new writer_id",
+            settings.state_dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The host name (sanitised) plus six random hex digits.
+pub fn default_writer_id() -> WriterId {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "wormvault".into());
+    let mut clean: String = host
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    clean.truncate(40);
+    let clean = clean.trim_matches('-');
+    let clean = if clean.is_empty() { "wormvault" } else { clean };
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    WriterId::parse(&format!("{clean}-{:06x}", random & 0xff_ffff)).expect("sanitised id is valid")
+}

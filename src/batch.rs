@@ -1,0 +1,240 @@
+//! Admission and batching: the single-threaded heart of the writer.
+//!
+//! For each accepted [`Record`], in acceptance order, the [`Batcher`]:
+//!
+//! 1. checks idempotency: an `event_id` already archived (in the on-disk index) or pending (in
+//!    an open or in-flight batch) with the same content digest is a *duplicate* (success,
+//!    stored once); with a different digest it is a *conflict* (refused);
+//! 2. assigns the next sequence number of the event's lane — (UTC day of `occurred_at`,
+//!    retention class) — counting from 1 with no gaps;
+//! 3. appends it to the lane's open batch, and closes the batch when it reaches
+//!    `max_events` or `max_bytes`, when it is older than `max_age`, or (largest first) when all
+//!    open batches together exceed `max_open_bytes`. Closing assigns the writer's next
+//!    `batch_idx`.
+//!
+//! Closed batches must be sealed and committed in `batch_idx` order; [`Batcher::committed`]
+//! is told when one is, after which its events are found in the on-disk index instead of in
+//! memory. A crash loses only open and in-flight batches, and with them the tail of each
+//! lane's numbering, which the next run reassigns: no lane ever has a gap.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::event::Record;
+use crate::state::{DedupSnapshot, Fingerprint, Lane, State, StateError, fingerprint};
+
+/// When to close a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BatchLimits {
+    pub max_events: usize,
+    /// Bytes of records held in memory (see [`Record::weight`]).
+    pub max_bytes: usize,
+    #[serde(with = "crate::config::duration_text")]
+    pub max_age: Duration,
+    /// Memory budget of all open batches together.
+    pub max_open_bytes: usize,
+}
+
+/// The outcome of admitting one record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Accepted {
+        lane: Lane,
+        seq: u64,
+    },
+    /// Archived (or being archived) before with identical content.
+    Duplicate,
+    /// Archived (or being archived) before with different content.
+    Conflict,
+}
+
+/// A batch ready to be sealed.
+#[derive(Debug)]
+pub struct ClosedBatch {
+    pub batch_idx: u64,
+    pub lane: Lane,
+    pub first_seq: u64,
+    pub records: Vec<Record>,
+}
+
+struct OpenBatch {
+    first_seq: u64,
+    records: Vec<Record>,
+    bytes: usize,
+    opened: Instant,
+}
+
+/// Admission, numbering and batching for one writer.
+pub struct Batcher {
+    limits: BatchLimits,
+    state: Arc<State>,
+    open: HashMap<Lane, OpenBatch>,
+    next_seq: HashMap<Lane, u64>,
+    next_batch_idx: u64,
+    /// Fingerprint → digest prefix of events in open or in-flight batches.
+    pending: HashMap<Fingerprint, [u8; 16]>,
+    in_flight: BTreeMap<u64, Vec<Fingerprint>>,
+    open_bytes: usize,
+    closed: Vec<ClosedBatch>,
+}
+
+impl Batcher {
+    pub fn new(state: Arc<State>, limits: BatchLimits) -> Result<Batcher, StateError> {
+        let next_batch_idx = state.next_batch_idx()?;
+        Ok(Batcher {
+            limits,
+            state,
+            open: HashMap::new(),
+            next_seq: HashMap::new(),
+            next_batch_idx,
+            pending: HashMap::new(),
+            in_flight: BTreeMap::new(),
+            open_bytes: 0,
+            closed: Vec::new(),
+        })
+    }
+
+    /// Admits one record. `index` must have been taken after the last [`Batcher::committed`].
+    pub fn admit(
+        &mut self,
+        record: Record,
+        index: &DedupSnapshot,
+    ) -> Result<Admission, StateError> {
+        let fp = fingerprint(&record.event.event_id);
+        let prior = match self.pending.get(&fp) {
+            Some(d) => Some(*d),
+            None => index
+                .get(&fp)
+                .map_err(|e| StateError::Db {
+                    path: self.state.dir().into(),
+                    source: Box::new(e),
+                })?
+                .map(|s| s.digest),
+        };
+        if let Some(digest) = prior {
+            return Ok(if digest == record.digest[..16] {
+                Admission::Duplicate
+            } else {
+                Admission::Conflict
+            });
+        }
+        let lane = Lane {
+            day: record.event.occurred_at.day(),
+            class: record.retention_class.clone(),
+        };
+        let seq = match self.next_seq.get_mut(&lane) {
+            Some(s) => s,
+            None => {
+                let s = self.state.lane_next_seq(&lane)?;
+                self.next_seq.entry(lane.clone()).or_insert(s)
+            }
+        };
+        let this_seq = *seq;
+        *seq += 1;
+        self.pending
+            .insert(fp, record.digest[..16].try_into().expect("16"));
+        let weight = record.weight();
+        self.open_bytes += weight;
+        let batch = self.open.entry(lane.clone()).or_insert_with(|| OpenBatch {
+            first_seq: this_seq,
+            records: Vec::new(),
+            bytes: 0,
+            opened: Instant::now(),
+        });
+        batch.records.push(record);
+        batch.bytes += weight;
+        if batch.records.len() >= self.limits.max_events || batch.bytes >= self.limits.max_bytes {
+            self.close(&lane);
+        }
+        while self.open_bytes > self.limits.max_open_bytes {
+            let largest = self
+                .open
+                .iter()
+                .max_by_key(|(_, b)| b.bytes)
+                .map(|(l, _)| l.clone());
+            match largest {
+                Some(l) => self.close(&l),
+                None => break,
+            }
+        }
+        Ok(Admission::Accepted {
+            lane,
+            seq: this_seq,
+        })
+    }
+
+    fn close(&mut self, lane: &Lane) {
+        let Some(batch) = self.open.remove(lane) else {
+            return;
+        };
+        self.open_bytes -= batch.bytes;
+        let batch_idx = self.next_batch_idx;
+        self.next_batch_idx += 1;
+        self.in_flight.insert(
+            batch_idx,
+            batch
+                .records
+                .iter()
+                .map(|r| fingerprint(&r.event.event_id))
+                .collect(),
+        );
+        self.closed.push(ClosedBatch {
+            batch_idx,
+            lane: lane.clone(),
+            first_seq: batch.first_seq,
+            records: batch.records,
+        });
+    }
+
+    /// Closes batches older than `max_age` (as of `now`).
+    pub fn close_expired(&mut self, now: Instant) {
+        let mut expired: Vec<Lane> = self
+            .open
+            .iter()
+            .filter(|(_, b)| now.duration_since(b.opened) >= self.limits.max_age)
+            .map(|(l, _)| l.clone())
+            .collect();
+        expired.sort();
+        for lane in expired {
+            self.close(&lane);
+        }
+    }
+
+    /// Closes every open batch (end of input, flush, shutdown), in lane order.
+    pub fn close_all(&mut self) {
+        let mut lanes: Vec<Lane> = self.open.keys().cloned().collect();
+        lanes.sort();
+        for lane in lanes {
+            self.close(&lane);
+        }
+    }
+
+    /// Batches closed since the last call, in `batch_idx` order.
+    pub fn take_closed(&mut self) -> Vec<ClosedBatch> {
+        std::mem::take(&mut self.closed)
+    }
+
+    /// Tells the batcher that `batch_idx` is committed to the on-disk index.
+    pub fn committed(&mut self, batch_idx: u64) {
+        if let Some(fps) = self.in_flight.remove(&batch_idx) {
+            for fp in fps {
+                self.pending.remove(&fp);
+            }
+        }
+    }
+
+    /// Events in open batches.
+    pub fn open_events(&self) -> usize {
+        self.open.values().map(|b| b.records.len()).sum()
+    }
+
+    /// The age of the oldest open batch.
+    pub fn oldest_open(&self) -> Option<Instant> {
+        self.open.values().map(|b| b.opened).min()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+}

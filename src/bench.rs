@@ -1,0 +1,215 @@
+//! Benchmarks that print the figures docs/BENCHMARKS.md records, and the generator of
+//! realistic events they run on.
+//!
+//! `wormvault bench gen` writes deterministic NDJSON events of about 500 bytes with varied
+//! actors (users with roles and workstations, systems, services), subjects (trades, orders,
+//! accounts, allocations), actions, sources and nested payloads, spread over several days.
+//! `wormvault bench archive` generates such a file, imports it into a fresh local store and
+//! prints events/s, MB/s, the ratio to the single-thread CPU ceiling and the peak RSS.
+
+use std::fmt::Write as _;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use crate::timestamp::{Day, Timestamp};
+
+/// DESIGN.md's measured single-thread ceiling of the whole pipeline.
+pub const PIPELINE_CEILING_PER_CORE: f64 = 350_000.0;
+
+/// SplitMix64: small, fast, deterministic.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+const ACTIONS: &[(&str, &str)] = &[
+    ("trade.new", "trade"),
+    ("trade.amend", "trade"),
+    ("trade.cancel", "trade"),
+    ("order.submit", "order"),
+    ("order.replace", "order"),
+    ("order.cancel", "order"),
+    ("allocation.approve", "allocation"),
+    ("account.update", "account"),
+    ("account.open", "account"),
+    ("user.login", "session"),
+];
+const ROLES: &[&str] = &["trader", "sales", "ops", "compliance", "supervisor"];
+const SYMBOLS: &[&str] = &[
+    "AAPL",
+    "MSFT",
+    "IBM",
+    "TSLA",
+    "NVDA",
+    "JPM",
+    "GS",
+    "XOM",
+    "T 4.25 11/34",
+    "ESZ6",
+];
+const VENUES: &[&str] = &["XNYS", "XNAS", "ARCX", "BATS", "IEXG", "OTC"];
+
+/// Writes one event for `i` into `out` (without a newline).
+pub fn event_json(rng: &mut Rng, i: u64, start: Day, days: u32, out: &mut String) {
+    let (action, subject_type) = *rng.pick(ACTIONS);
+    let day = start.days_since_epoch() + rng.below(u64::from(days.max(1))) as i32;
+    let micros =
+        Day::from_days_since_epoch(day).start().as_micros() + rng.below(86_400_000_000) as i64;
+    let occurred = Timestamp::from_micros(micros);
+    let kind = match rng.below(10) {
+        0..=6 => "USER",
+        7..=8 => "SERVICE",
+        _ => "SYSTEM",
+    };
+    out.push_str("{\"event_id\":\"");
+    let _ = write!(out, "{:016x}-{i:010}", rng.next_u64());
+    let _ = write!(
+        out,
+        "\",\"occurred_at\":\"{occurred}\",\"actor\":{{\"type\":\"{kind}\",\"id\":"
+    );
+    match kind {
+        "USER" => {
+            let _ = write!(
+                out,
+                "\"u{:05}\",\"role\":\"{}\"}}",
+                rng.below(5000),
+                rng.pick(ROLES)
+            );
+        }
+        "SERVICE" => {
+            let _ = write!(
+                out,
+                "\"svc-{}\"}}",
+                rng.pick(&["oms", "allocator", "risk", "fix-gw"])
+            );
+        }
+        _ => {
+            let _ = write!(out, "\"eod-batch\"}}");
+        }
+    }
+    let subject = rng.below(200_000);
+    let _ = write!(
+        out,
+        ",\"action\":\"{action}\",\"subject\":{{\"type\":\"{subject_type}\",\"id\":\"{}-{subject:07}\"}}",
+        &subject_type[..1].to_ascii_uppercase()
+    );
+    if kind == "USER" {
+        let _ = write!(
+            out,
+            ",\"origin\":{{\"ip\":\"10.{}.{}.{}\",\"device\":\"ws-{:04}\"}}",
+            rng.below(256),
+            rng.below(256),
+            rng.below(256),
+            rng.below(3000)
+        );
+    }
+    let source = match kind {
+        "USER" => *rng.pick(&["UI", "UI", "FIX"]),
+        "SERVICE" => *rng.pick(&["API", "FIX"]),
+        _ => "SYSTEM",
+    };
+    let _ = write!(out, ",\"source\":\"{source}\"");
+    if rng.below(4) == 0 {
+        let _ = write!(
+            out,
+            ",\"correlation_id\":\"corr-{:012x}\"",
+            rng.next_u64() >> 16
+        );
+    }
+    let qty = (rng.below(500) + 1) * 100;
+    let px = rng.below(5_000_000) as f64 / 100.0 + 1.0;
+    let _ = write!(
+        out,
+        ",\"payload\":{{\"symbol\":\"{}\",\"side\":\"{}\",\"qty\":{qty},\"price\":{},\"currency\":\"USD\",\"venue\":\"{}\",\
+         \"account\":\"ACC-{:06}\",\"book\":\"{}\",\"status\":\"{}\",\"legs\":[{{\"leg\":1,\"qty\":{qty}}}],\
+         \"notes\":\"{}\",\"version\":{}}}}}",
+        rng.pick(SYMBOLS),
+        rng.pick(&["BUY", "SELL", "SHORT"]),
+        crate::canonical::format_number(px),
+        rng.pick(VENUES),
+        rng.below(100_000),
+        rng.pick(&["EQ-NY-1", "EQ-NY-2", "FI-LDN", "DERIV-CHI"]),
+        rng.pick(&["NEW", "PARTIAL", "FILLED", "AMENDED", "CANCELLED"]),
+        rng.pick(&[
+            "client call 09:30",
+            "manual ticket",
+            "algo slice",
+            "block; see allocation",
+            "price improvement"
+        ]),
+        rng.below(9) + 1
+    );
+}
+
+/// Writes `n` events as NDJSON to `path`; returns the bytes written.
+pub fn generate(path: &Path, n: u64, start: Day, days: u32, seed: u64) -> std::io::Result<u64> {
+    let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut rng = Rng::new(seed);
+    let mut line = String::with_capacity(1024);
+    let mut bytes = 0u64;
+    for i in 0..n {
+        line.clear();
+        event_json(&mut rng, i, start, days, &mut line);
+        line.push('\n');
+        out.write_all(line.as_bytes())?;
+        bytes += line.len() as u64;
+    }
+    out.flush()?;
+    Ok(bytes)
+}
+
+/// The process's peak resident set size in bytes (`VmHWM`), if the platform reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Resets the peak RSS counter (Linux: `clear_refs` 5), so a measurement excludes setup.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Limits, parse_event};
+
+    #[test]
+    fn generated_events_are_valid_and_about_500_bytes() {
+        let mut rng = Rng::new(7);
+        let limits = Limits {
+            max_event_bytes: 1 << 20,
+            latest_occurred_at: Timestamp::parse_rfc3339("2030-01-01T00:00:00Z").unwrap(),
+        };
+        let mut total = 0;
+        for i in 0..2000 {
+            let mut s = String::new();
+            event_json(&mut rng, i, Day::parse("2026-11-01").unwrap(), 5, &mut s);
+            parse_event(s.as_bytes(), &limits).unwrap_or_else(|e| panic!("{e}: {s}"));
+            total += s.len();
+        }
+        let mean = total / 2000;
+        assert!((400..=700).contains(&mean), "mean event size {mean}");
+    }
+}

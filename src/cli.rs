@@ -1,0 +1,442 @@
+//! The command line. `main` parses arguments and calls [`run`]; each command returns an exit
+//! code: 0 done, 1 done but something was refused or found, 2 could not do the job.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::archive::Archive;
+use crate::config::{Settings, StoreSettings};
+use crate::import::{ImportSummary, Outcome, UploadPatience, import};
+use crate::telemetry::LogFormat;
+use crate::timestamp::Day;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wormvault",
+    version,
+    about = "A tamper-evident, write-once archive of business events on S3 Object Lock (SEC 17a-4(f), FINRA 4511, CFTC 1.31)."
+)]
+pub struct Cli {
+    /// Configuration file (TOML). Without one, wormvault uses the local development store under
+    /// the working directory.
+    #[arg(long, global = true, env = "WORMVAULT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Archive a file of NDJSON events (one event per line; `-` reads stdin). This is the
+    /// backfill path, through the same pipeline as the daemon. Each refused line is reported on
+    /// stderr with its line, event_id, field and reason; the exit code is 1 if any was refused.
+    Archive {
+        /// The NDJSON file, or `-` for stdin.
+        file: PathBuf,
+        /// Print the summary as JSON on stdout, and refusals as JSON lines on stderr.
+        #[arg(long)]
+        json: bool,
+        /// Also report each duplicate (already archived with identical content).
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Upload sealed batches still waiting in the local outbox (after a store outage).
+    Upload,
+    /// Configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Benchmarks (see docs/BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the resolved settings, or the precise errors (exit 2).
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Generate realistic events as NDJSON.
+    Gen {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        #[arg(long)]
+        out: PathBuf,
+        /// First UTC day of `occurred_at`.
+        #[arg(long, default_value = "2026-11-02")]
+        start: String,
+        /// Number of days the events spread over.
+        #[arg(long, default_value_t = 3)]
+        days: u32,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Generate events, archive them into a fresh local store, print throughput and peak RSS.
+    Archive {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Work directory (default: a new temporary directory, removed afterwards).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    crate::telemetry::init(cli.log_format);
+    match cli.command {
+        Command::Config(ConfigCommand::Check) => match load_settings(cli.config.as_deref()) {
+            Ok(s) => {
+                print!("{}", s.describe());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Archive {
+            file,
+            json,
+            verbose,
+        } => {
+            let Ok(settings) = load_settings(cli.config.as_deref()) else {
+                return ExitCode::from(2);
+            };
+            archive_cmd(settings, file, json, verbose)
+        }
+        Command::Upload => {
+            let Ok(settings) = load_settings(cli.config.as_deref()) else {
+                return ExitCode::from(2);
+            };
+            upload_cmd(settings)
+        }
+        Command::Bench(BenchCommand::Gen {
+            events,
+            out,
+            start,
+            days,
+            seed,
+        }) => {
+            let Some(start) = Day::parse(&start) else {
+                eprintln!("error: --start must be a day like 2026-11-02");
+                return ExitCode::from(2);
+            };
+            match crate::bench::generate(&out, events, start, days, seed) {
+                Ok(bytes) => {
+                    println!(
+                        "wrote {events} events ({bytes} bytes, {} bytes/event) to {}",
+                        bytes / events.max(1),
+                        out.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: writing {}: {e}", out.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Bench(BenchCommand::Archive { events, dir }) => bench_archive(events, dir),
+    }
+}
+
+fn load_settings(path: Option<&std::path::Path>) -> Result<Settings, ExitCode> {
+    Settings::load(path, std::env::vars()).map_err(|e| {
+        eprintln!("error: configuration: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("wormvault-io")
+        .build()
+        .expect("tokio runtime")
+}
+
+fn open_archive(rt: &tokio::runtime::Runtime, settings: Settings) -> Result<Archive, ExitCode> {
+    rt.block_on(Archive::open(settings)).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn archive_cmd(settings: Settings, file: PathBuf, json: bool, verbose: bool) -> ExitCode {
+    let rt = runtime();
+    let archive = match open_archive(&rt, settings) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let input: Box<dyn Read + Send> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        match std::fs::File::open(&file) {
+            Ok(f) => Box::new(f),
+            Err(e) => {
+                eprintln!("error: cannot open {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let mut on_outcome = |o: Outcome| match o {
+        Outcome::Rejected(r) if json => {
+            eprintln!("{}", serde_json::to_string(&r).expect("serializable"))
+        }
+        Outcome::Rejected(r) => eprintln!("rejected: {r}"),
+        Outcome::Noted {
+            line,
+            event_id,
+            note,
+        } => eprintln!("note: line {line} (event_id {event_id:?}): {note}"),
+        Outcome::Duplicate { line, event_id } if verbose => {
+            eprintln!(
+                "duplicate: line {line} (event_id {event_id:?}) was already archived with identical content"
+            )
+        }
+        Outcome::Duplicate { .. } => {}
+    };
+    let summary = match import(
+        &archive,
+        input,
+        rt.handle(),
+        UploadPatience::default(),
+        &mut on_outcome,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        println!("{}", summary_json(&archive, &file, &summary));
+    } else {
+        print_summary(&archive, &file, &summary);
+    }
+    if summary.pending_uploads > 0 {
+        ExitCode::from(2)
+    } else if summary.rejected > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn upload_cmd(settings: Settings) -> ExitCode {
+    let rt = runtime();
+    let archive = match open_archive(&rt, settings) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let (done, result) = rt.block_on(archive.uploader().drain());
+    for u in &done {
+        println!(
+            "uploaded {} ({} events) and {}",
+            u.segment_key, u.entry.info.n_events, u.manifest_key
+        );
+    }
+    match result {
+        Ok(()) => {
+            println!("the outbox is empty");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn store_words(archive: &Archive) -> String {
+    match &archive.settings.store {
+        StoreSettings::Local { .. } => format!("the {}", archive.store.describe()),
+        StoreSettings::S3(_) => archive.store.describe(),
+    }
+}
+
+fn print_summary(archive: &Archive, file: &std::path::Path, s: &ImportSummary) {
+    let secs = s.elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "{} of {} events from {} archived into {}",
+        s.accepted,
+        s.events,
+        file.display(),
+        store_words(archive)
+    );
+    println!(
+        "  writer {} | {} accepted, {} duplicates, {} rejected | {:.2} s, {:.0} events/s, {:.1} MB/s",
+        archive.writer,
+        s.accepted,
+        s.duplicates,
+        s.rejected,
+        secs,
+        s.events as f64 / secs,
+        s.bytes as f64 / secs / 1e6
+    );
+    if !s.uploaded.is_empty() {
+        println!(
+            "  written (each segment with its manifest under {}):",
+            archive.settings.layout.manifests_prefix()
+        );
+        for u in &s.uploaded {
+            let i = &u.entry.info;
+            println!(
+                "    {}  {} events  seq {}-{}  {}  locked until {}  root {}",
+                u.segment_key,
+                i.n_events,
+                i.first_seq,
+                i.last_seq,
+                i.retention_class,
+                &i.retain_until.to_string()[..10],
+                &hex::encode(i.merkle_root)[..16]
+            );
+        }
+    }
+    if s.pending_uploads > 0 {
+        println!(
+            "  {} sealed batches wait in the outbox under {} because the store is unreachable ({}); \
+             run `wormvault upload` when it is back",
+            s.pending_uploads,
+            archive.state.dir().display(),
+            s.upload_error.as_deref().unwrap_or("unknown error")
+        );
+    }
+}
+
+fn summary_json(archive: &Archive, file: &std::path::Path, s: &ImportSummary) -> String {
+    let segments: Vec<serde_json::Value> = s
+        .uploaded
+        .iter()
+        .map(|u| {
+            serde_json::json!({
+                "segment": u.segment_key,
+                "manifest": u.manifest_key,
+                "manifest_sha256": u.manifest_sha256,
+                "info": u.entry.info,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "file": file.display().to_string(),
+        "store": archive.store.describe(),
+        "writer": archive.writer,
+        "events": s.events,
+        "accepted": s.accepted,
+        "duplicates": s.duplicates,
+        "rejected": s.rejected,
+        "bytes": s.bytes,
+        "seconds": s.elapsed.as_secs_f64(),
+        "segments": segments,
+        "pending_uploads": s.pending_uploads,
+        "upload_error": s.upload_error,
+    })
+    .to_string()
+}
+
+fn bench_archive(events: u64, dir: Option<PathBuf>) -> ExitCode {
+    let tmp;
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            tmp = match tempfile::TempDir::new() {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: temporary directory: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            tmp.path().to_owned()
+        }
+    };
+    let _ = std::fs::create_dir_all(&dir);
+    let input = dir.join("events.ndjson");
+    let start = Day::parse("2026-11-02").expect("valid");
+    let bytes = match crate::bench::generate(&input, events, start, 3, 42) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: generating events: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!(
+        "generated {events} events, {bytes} bytes ({} bytes/event)",
+        bytes / events.max(1)
+    );
+    let text = format!(
+        "state_dir = {:?}\n[store.local]\npath = {:?}\n",
+        dir.join("state").display().to_string(),
+        dir.join("archive").display().to_string()
+    );
+    let settings = match Settings::from_toml("bench", &text, std::iter::empty()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = runtime();
+    let archive = match open_archive(&rt, settings) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let file = match std::fs::File::open(&input) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::bench::reset_peak_rss();
+    let summary = match import(
+        &archive,
+        Box::new(file),
+        rt.handle(),
+        UploadPatience::default(),
+        &mut |_| {},
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let secs = summary.elapsed.as_secs_f64();
+    let rate = summary.events as f64 / secs;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let archive_bytes: u64 = summary.uploaded.iter().map(|u| u.entry.size).sum();
+    println!(
+        "archived {} events in {secs:.2} s into {} segments ({archive_bytes} bytes, {} bytes/event)",
+        summary.accepted,
+        summary.uploaded.len(),
+        archive_bytes / summary.accepted.max(1)
+    );
+    println!(
+        "throughput      {rate:.0} events/s, {:.1} MB/s of JSON",
+        bytes as f64 / secs / 1e6
+    );
+    println!(
+        "ratio           {:.2} of the single-thread ceiling (0.35 M events/s per core); {:.2} per core on {cores} cores",
+        rate / crate::bench::PIPELINE_CEILING_PER_CORE,
+        rate / crate::bench::PIPELINE_CEILING_PER_CORE / cores as f64
+    );
+    match crate::bench::peak_rss_bytes() {
+        Some(rss) => println!("peak RSS        {:.0} MiB", rss as f64 / (1 << 20) as f64),
+        None => println!("peak RSS        (not reported by this platform)"),
+    }
+    if summary.accepted != events {
+        eprintln!(
+            "error: {} of {events} events were accepted",
+            summary.accepted
+        );
+        return ExitCode::from(2);
+    }
+    ExitCode::SUCCESS
+}

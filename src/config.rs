@@ -1,0 +1,675 @@
+//! Configuration: a TOML file plus `WORMVAULT_` environment overrides, validated once at
+//! start-up into [`Settings`].
+//!
+//! Every field below is documented for the operator; the commented examples in `config/`
+//! show them in use. With no file at all, wormvault runs on the embedded development store
+//! under the working directory.
+//!
+//! **Environment overrides.** `WORMVAULT_<SECTION>__<KEY>=value` sets `[section] key`
+//! (`__` separates levels, names are case-insensitive): e.g. `WORMVAULT_STORE__KIND=s3`,
+//! `WORMVAULT_STORE__S3__BUCKET=archive`, `WORMVAULT_BATCH__MAX_EVENTS=50000`; top-level keys
+//! are `WORMVAULT_WRITER_ID` and `WORMVAULT_STATE_DIR`. Values are read as TOML when they parse
+//! as TOML (numbers, booleans, quoted strings, arrays) and as plain strings otherwise.
+//! `WORMVAULT_CONFIG` names the config file; `WORMVAULT_LOG` sets the log filter.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::batch::BatchLimits;
+use crate::layout::{Layout, WriterId};
+use crate::retention::{Period, RetentionClass, RetentionPolicy, Rule};
+use crate::store::s3::S3Settings;
+
+/// The configuration file, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WormvaultConfig {
+    /// This writer's id: 1-64 characters of a-z, 0-9 and `-`. It separates the keys and the
+    /// manifest chains of daemons sharing a bucket. Default: the host name plus a random
+    /// suffix, generated once and kept in the state directory.
+    pub writer_id: Option<String>,
+    /// Directory for the writer's local state (idempotency index, sequence counters, outbox
+    /// of sealed segments awaiting upload). Default: `wormvault-state`.
+    pub state_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub events: EventsConfig,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    #[serde(default)]
+    pub idempotency: IdempotencyConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The embedded development store (a directory). Not a compliance store.
+    #[default]
+    Local,
+    /// An S3 bucket with Object Lock (AWS S3, MinIO, Ceph RGW, LocalStack).
+    S3,
+}
+
+/// `[store]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `local` (default) or `s3`.
+    #[serde(default)]
+    pub kind: StoreKind,
+    /// Key prefix for everything wormvault writes, e.g. `"prod/"`. Default: none.
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub local: LocalConfig,
+    pub s3: Option<S3Config>,
+}
+
+/// `[store.local]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalConfig {
+    /// Directory of the development store. Default: `wormvault-archive`.
+    pub path: Option<PathBuf>,
+}
+
+/// `[store.s3]`. Credentials come from the standard AWS chain (environment variables,
+/// shared profile, web identity, container or instance metadata); never from this file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// The bucket. It must have versioning and Object Lock enabled.
+    pub bucket: String,
+    /// Region. Default: `us-east-1`.
+    pub region: Option<String>,
+    /// Endpoint URL for MinIO, Ceph RGW or LocalStack, e.g. `http://127.0.0.1:9000`.
+    pub endpoint: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`). Default: `true` when `endpoint` is set.
+    pub force_path_style: Option<bool>,
+    /// Connection timeout, e.g. `"5s"`. Default: 5 s.
+    pub connect_timeout: Option<String>,
+    /// Timeout of one request attempt, e.g. `"60s"`. Default: 60 s.
+    pub operation_timeout: Option<String>,
+}
+
+/// `[events]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Largest accepted event (its JSON text), e.g. `"1MiB"`. Default: 1 MiB.
+    pub max_event_bytes: Option<ByteSize>,
+    /// How far in the future `occurred_at` may be, for clock skew, e.g. `"5m"`. Default: 5 min.
+    pub max_future_skew: Option<String>,
+}
+
+/// `[batch]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Close a batch at this many events. Default: 100000.
+    pub max_events: Option<usize>,
+    /// Close a batch when its events hold this much memory, e.g. `"64MiB"`. Default: 64 MiB.
+    pub max_bytes: Option<ByteSize>,
+    /// Close a batch this long after its first event, e.g. `"60s"`. Default: 60 s.
+    pub max_age: Option<String>,
+    /// Memory budget of all open batches together; the largest is closed when it is
+    /// exceeded. Default: 192 MiB.
+    pub max_open_bytes: Option<ByteSize>,
+}
+
+/// `[idempotency]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    /// An `event_id` is recognised as already archived for at least this many days after its
+    /// `occurred_at` day (and after the day it was archived). Default: 7; minimum 1.
+    pub window_days: Option<u32>,
+    /// Page cache of the on-disk index, e.g. `"64MiB"`. Default: 64 MiB.
+    pub cache: Option<ByteSize>,
+}
+
+/// `[retention]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Class for events no rule matches. Default: `sec-17a-4-a` (the longest shipped class).
+    pub default_class: Option<String>,
+    /// Extra classes, or longer periods for shipped ones:
+    /// `[retention.classes.my-class] years = 7`.
+    #[serde(default)]
+    pub classes: BTreeMap<String, ClassConfig>,
+    /// `[[retention.rules]] actions = ["trade.*"], class = "sec-17a-4-a"`: events whose action
+    /// matches a pattern (`*`, `?`) get the class; of several matching rules, the longest
+    /// period wins.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassConfig {
+    #[serde(default)]
+    pub years: u32,
+    #[serde(default)]
+    pub months: u32,
+    #[serde(default)]
+    pub days: u32,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub actions: Vec<String>,
+    pub class: String,
+}
+
+/// A byte size: an integer, or a string like `"64MiB"`, `"512 KiB"`, `"1GB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => parse_bytes(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses `"64MiB"`, `"1 GB"`, `"4096"`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like \"64MiB\""))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown size unit (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Parses `"250ms"`, `"60s"`, `"5m"`, `"1h"`, `"7d"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like \"60s\""))?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86_400),
+        _ => return Err(format!("{s:?}: give a unit (ms, s, m, h, d)")),
+    };
+    Ok(d)
+}
+
+/// Serde helper writing durations as text (`"60s"`).
+pub mod duration_text {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
+}
+
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if !ms.is_multiple_of(1000) {
+        format!("{ms}ms")
+    } else if ms.is_multiple_of(3_600_000) && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}
+
+/// Where the archive goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreSettings {
+    Local { path: PathBuf },
+    S3(S3Settings),
+}
+
+/// Limits on incoming events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventSettings {
+    pub max_event_bytes: usize,
+    pub max_future_skew: Duration,
+}
+
+/// The resolved, validated configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Where the settings came from (a file path or "built-in defaults").
+    pub origin: String,
+    pub writer_id: Option<WriterId>,
+    pub state_dir: PathBuf,
+    pub store: StoreSettings,
+    pub layout: Layout,
+    pub events: EventSettings,
+    pub batch: BatchLimits,
+    pub window_days: u32,
+    pub index_cache_bytes: usize,
+    pub retention: Arc<RetentionPolicy>,
+}
+
+/// A configuration problem, with the key it concerns.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {message}")]
+pub struct ConfigError {
+    pub origin: String,
+    pub message: String,
+}
+
+impl Settings {
+    /// Loads `path` (or the file named by `WORMVAULT_CONFIG`, or nothing), applies the
+    /// environment overrides from `env`, and validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let path = path.map(Path::to_owned).or_else(|| {
+            env.iter()
+                .find(|(k, _)| k == "WORMVAULT_CONFIG")
+                .map(|(_, v)| PathBuf::from(v))
+        });
+        let (origin, text) = match &path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                    origin: p.display().to_string(),
+                    message: format!("cannot read the config file: {e}"),
+                })?;
+                (p.display().to_string(), text)
+            }
+            None => ("built-in defaults".to_owned(), String::new()),
+        };
+        Self::from_toml(&origin, &text, env)
+    }
+
+    /// Parses TOML text with environment overrides.
+    pub fn from_toml(
+        origin: &str,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let err = |message: String| ConfigError {
+            origin: origin.to_owned(),
+            message,
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| err(format!("{e}")))?;
+        let mut overridden = Vec::new();
+        for (k, v) in env {
+            let Some(name) = k.strip_prefix("WORMVAULT_") else {
+                continue;
+            };
+            let name = name.to_ascii_lowercase();
+            let path: Vec<&str> = if name.contains("__") {
+                name.split("__").collect()
+            } else if name == "writer_id" || name == "state_dir" {
+                vec![name.as_str()]
+            } else {
+                continue;
+            };
+            set_path(&mut table, &path, parse_env_value(&v))
+                .map_err(|m| err(format!("{k}: {m}")))?;
+            overridden.push(k);
+        }
+        let origin = if overridden.is_empty() {
+            origin.to_owned()
+        } else {
+            format!("{origin} (overridden by {})", overridden.join(", "))
+        };
+        let config: WormvaultConfig = WormvaultConfig::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError {
+                origin: origin.clone(),
+                message: e.to_string(),
+            })?;
+        Self::resolve(origin, config)
+    }
+
+    fn resolve(origin: String, c: WormvaultConfig) -> Result<Settings, ConfigError> {
+        let err = |message: String| ConfigError {
+            origin: origin.clone(),
+            message,
+        };
+        let dur =
+            |key: &str, v: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+                v.as_deref().map_or(Ok(default), |s| {
+                    parse_duration(s).map_err(|m| err(format!("{key}: {m}")))
+                })
+            };
+        let writer_id = c
+            .writer_id
+            .as_deref()
+            .map(WriterId::parse)
+            .transpose()
+            .map_err(|m| err(format!("writer_id: {m}")))?;
+        let store = match c.store.kind {
+            StoreKind::Local => StoreSettings::Local {
+                path: c
+                    .store
+                    .local
+                    .path
+                    .unwrap_or_else(|| "wormvault-archive".into()),
+            },
+            StoreKind::S3 => {
+                let s3 = c.store.s3.ok_or_else(|| {
+                    err(
+                        "store.kind is \"s3\" but there is no [store.s3] section with a bucket"
+                            .into(),
+                    )
+                })?;
+                if s3.bucket.is_empty() {
+                    return Err(err("store.s3.bucket is empty".into()));
+                }
+                StoreSettings::S3(S3Settings {
+                    force_path_style: s3.force_path_style.unwrap_or(s3.endpoint.is_some()),
+                    bucket: s3.bucket,
+                    region: s3.region.unwrap_or_else(|| "us-east-1".into()),
+                    endpoint: s3.endpoint,
+                    connect_timeout: dur(
+                        "store.s3.connect_timeout",
+                        &s3.connect_timeout,
+                        Duration::from_secs(5),
+                    )?,
+                    operation_timeout: dur(
+                        "store.s3.operation_timeout",
+                        &s3.operation_timeout,
+                        Duration::from_secs(60),
+                    )?,
+                })
+            }
+        };
+        let max_event_bytes = c.events.max_event_bytes.map_or(1 << 20, |b| b.0) as usize;
+        if max_event_bytes < 1024 {
+            return Err(err(format!(
+                "events.max_event_bytes is {max_event_bytes}; at least 1 KiB is needed"
+            )));
+        }
+        let events = EventSettings {
+            max_event_bytes,
+            max_future_skew: dur(
+                "events.max_future_skew",
+                &c.events.max_future_skew,
+                Duration::from_secs(300),
+            )?,
+        };
+        let batch = BatchLimits {
+            max_events: c.batch.max_events.unwrap_or(100_000),
+            max_bytes: c.batch.max_bytes.map_or(64 << 20, |b| b.0) as usize,
+            max_age: dur("batch.max_age", &c.batch.max_age, Duration::from_secs(60))?,
+            max_open_bytes: c.batch.max_open_bytes.map_or(192 << 20, |b| b.0) as usize,
+        };
+        if batch.max_events == 0 {
+            return Err(err("batch.max_events must be at least 1".into()));
+        }
+        if batch.max_open_bytes < batch.max_bytes {
+            return Err(err(
+                "batch.max_open_bytes must be at least batch.max_bytes".into()
+            ));
+        }
+        let window_days = c.idempotency.window_days.unwrap_or(7);
+        if window_days == 0 {
+            return Err(err("idempotency.window_days must be at least 1".into()));
+        }
+        let classes = c
+            .retention
+            .classes
+            .into_iter()
+            .map(|(name, cc)| RetentionClass {
+                name: name.into(),
+                period: Period {
+                    years: cc.years,
+                    months: cc.months,
+                    days: cc.days,
+                },
+                description: cc.description,
+            })
+            .collect();
+        let rules = c
+            .retention
+            .rules
+            .into_iter()
+            .flat_map(|r| {
+                let class = r.class;
+                r.actions.into_iter().map(move |pattern| Rule {
+                    pattern,
+                    class: class.as_str().into(),
+                })
+            })
+            .collect();
+        let retention = RetentionPolicy::new(classes, rules, c.retention.default_class)
+            .map_err(|m| err(format!("retention: {m}")))?;
+        Ok(Settings {
+            writer_id,
+            state_dir: c.state_dir.unwrap_or_else(|| "wormvault-state".into()),
+            store,
+            layout: Layout::new(&c.store.prefix),
+            events,
+            batch,
+            window_days,
+            index_cache_bytes: c.idempotency.cache.map_or(64 << 20, |b| b.0) as usize,
+            retention: Arc::new(retention),
+            origin,
+        })
+    }
+
+    /// The resolved settings, for `wormvault config check`.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "settings from {}", self.origin);
+        let _ = writeln!(
+            s,
+            "writer_id        {}",
+            self.writer_id.as_ref().map_or(
+                "(default: host name + persisted random suffix)".into(),
+                |w| w.to_string()
+            )
+        );
+        let _ = writeln!(s, "state_dir        {}", self.state_dir.display());
+        match &self.store {
+            StoreSettings::Local { path } => {
+                let _ = writeln!(
+                    s,
+                    "store            local development store at {} (NOT a compliance store)",
+                    path.display()
+                );
+            }
+            StoreSettings::S3(s3) => {
+                let _ = writeln!(
+                    s,
+                    "store            s3://{} region {} endpoint {} path-style {} (timeouts: connect {}, attempt {})",
+                    s3.bucket,
+                    s3.region,
+                    s3.endpoint.as_deref().unwrap_or("AWS"),
+                    s3.force_path_style,
+                    format_duration(s3.connect_timeout),
+                    format_duration(s3.operation_timeout)
+                );
+            }
+        }
+        let _ = writeln!(s, "key prefix       {:?}", self.layout.prefix());
+        let _ = writeln!(
+            s,
+            "events           max {} bytes, occurred_at at most {} ahead",
+            self.events.max_event_bytes,
+            format_duration(self.events.max_future_skew)
+        );
+        let _ = writeln!(
+            s,
+            "batch            max {} events, {} bytes, {} old; open batches share {} bytes",
+            self.batch.max_events,
+            self.batch.max_bytes,
+            format_duration(self.batch.max_age),
+            self.batch.max_open_bytes
+        );
+        let _ = writeln!(
+            s,
+            "idempotency      window {} days, index cache {} bytes",
+            self.window_days, self.index_cache_bytes
+        );
+        let _ = writeln!(
+            s,
+            "retention        default class {}",
+            self.retention.default_class()
+        );
+        for c in self.retention.classes() {
+            let _ = writeln!(
+                s,
+                "  class {:<16} {:<10} {}",
+                c.name,
+                c.period.to_string(),
+                c.description
+            );
+        }
+        for r in self.retention.rules() {
+            let _ = writeln!(s, "  rule  {:<16} -> {}", r.pattern, r.class);
+        }
+        s
+    }
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn set_path(table: &mut toml::Table, path: &[&str], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty key")?;
+    let mut t = table;
+    for p in parents {
+        if p.is_empty() {
+            return Err("empty key segment".into());
+        }
+        let entry = t
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{p}` is not a section"))?;
+    }
+    t.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::from_toml(
+            "test.toml",
+            text,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn no_config_means_the_local_development_store() {
+        let s = load("", &[]).unwrap();
+        assert_eq!(
+            s.store,
+            StoreSettings::Local {
+                path: "wormvault-archive".into()
+            }
+        );
+        assert_eq!(s.events.max_event_bytes, 1 << 20);
+        assert_eq!(s.window_days, 7);
+        assert_eq!(&**s.retention.default_class(), "sec-17a-4-a");
+        assert!(s.describe().contains("NOT a compliance store"));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let s = load(
+            "[store]\nkind = \"local\"\n[batch]\nmax_events = 10\n",
+            &[
+                ("WORMVAULT_STORE__KIND", "s3"),
+                ("WORMVAULT_STORE__S3__BUCKET", "arch"),
+                ("WORMVAULT_STORE__S3__ENDPOINT", "http://127.0.0.1:4566"),
+                ("WORMVAULT_BATCH__MAX_EVENTS", "50"),
+                ("WORMVAULT_WRITER_ID", "w-1"),
+                ("WORMVAULT_LOG", "debug"),
+                ("WORMVAULT_TEST_S3_ENDPOINT", "ignored"),
+            ],
+        )
+        .unwrap();
+        let StoreSettings::S3(s3) = &s.store else {
+            panic!()
+        };
+        assert_eq!(s3.bucket, "arch");
+        assert!(s3.force_path_style, "defaults on with a custom endpoint");
+        assert_eq!(s.batch.max_events, 50);
+        assert_eq!(s.writer_id.unwrap().as_str(), "w-1");
+        assert!(s.origin.contains("WORMVAULT_BATCH__MAX_EVENTS"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = |t: &str| load(t, &[]).unwrap_err().to_string();
+        assert!(e("[batch]\nmax_evnts = 1\n").contains("max_evnts"));
+        assert!(e("[store]\nkind = \"s3\"\n").contains("[store.s3]"));
+        assert!(e("[batch]\nmax_age = \"60\"\n").contains("batch.max_age"));
+        assert!(e("[events]\nmax_event_bytes = \"1 XB\"\n").contains("unknown size unit"));
+        assert!(e("writer_id = \"Bad_Id\"\n").contains("writer_id"));
+        assert!(e("[retention]\ndefault_class = \"nope\"\n").contains("nope"));
+        assert!(e("[retention.classes.sec-17a-4-b]\nyears = 2\n").contains("never shortened"));
+        assert!(
+            e("[[retention.rules]]\nactions = [\"x.*\"]\nclass = \"missing\"\n")
+                .contains("missing")
+        );
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_bytes("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_bytes("1 GB").unwrap(), 1_000_000_000);
+        assert_eq!(parse_bytes("4096").unwrap(), 4096);
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("5").is_err());
+        assert_eq!(format_duration(Duration::from_secs(300)), "5m");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+    }
+}

@@ -1,0 +1,583 @@
+//! `wormvault archive FILE`: imports an NDJSON file through the archive pipeline.
+//!
+//! This is the backfill path, and the same pipeline the daemon uses after its spool:
+//! parse → admit (idempotency, lane numbering, batching) → seal → commit → upload. The stages
+//! run concurrently so that both cores work:
+//!
+//! ```text
+//! reader ──chunks──▶ parse workers ──▶ sequencer (this thread) ──batches──▶ seal workers
+//!                                          ▲                                   │
+//!                                          └──── committed ◀── committer ◀─────┘
+//!                                                                  │
+//!                                                                  └──▶ uploader (async)
+//! ```
+//!
+//! Every channel is bounded, so memory is bounded by the batch limits and a few chunks, not by
+//! the size of the file. Each event gets exactly one outcome: accepted, duplicate, or rejected
+//! with a precise reason; a bad line never affects another.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+
+use crate::archive::Archive;
+use crate::batch::{Admission, Batcher, ClosedBatch};
+use crate::event::{EventError, Record, RejectKind, parse_event};
+use crate::seal::{SealedBatch, seal};
+use crate::timestamp::Timestamp;
+use crate::upload::Uploaded;
+
+/// Target size of one chunk of input lines.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// A refused event, with its position in the input.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Rejection {
+    /// 1-based line number in the file.
+    pub line: u64,
+    /// 0-based position among the file's events (non-blank lines).
+    pub index: u64,
+    pub event_id: Option<String>,
+    pub kind: RejectKind,
+    pub field: Option<String>,
+    pub reason: String,
+}
+
+impl Rejection {
+    fn new(line: u64, index: u64, e: EventError) -> Rejection {
+        Rejection {
+            line,
+            index,
+            event_id: e.event_id,
+            kind: e.kind,
+            field: e.field,
+            reason: e.reason,
+        }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}", self.line)?;
+        if let Some(id) = &self.event_id {
+            write!(f, " (event_id {id:?})")?;
+        }
+        write!(f, ": ")?;
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        write!(f, "{} [{}]", self.reason, self.kind.as_str())
+    }
+}
+
+/// What happened to one event, reported as it happens.
+#[derive(Debug)]
+pub enum Outcome {
+    Rejected(Rejection),
+    Duplicate {
+        line: u64,
+        event_id: String,
+    },
+    /// Accepted, with a note (e.g. an explicit retention class was lengthened).
+    Noted {
+        line: u64,
+        event_id: String,
+        note: String,
+    },
+}
+
+/// The result of an import.
+#[derive(Debug, Default)]
+pub struct ImportSummary {
+    pub events: u64,
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    pub bytes: u64,
+    pub elapsed: Duration,
+    /// Batches confirmed in the store by this run (including ones left by an earlier run).
+    pub uploaded: Vec<Uploaded>,
+    /// Sealed batches still waiting in the outbox (the store was unreachable).
+    pub pending_uploads: usize,
+    /// The last upload error, if uploads did not finish.
+    pub upload_error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("reading the input: {0}")]
+    Read(std::io::Error),
+    #[error(transparent)]
+    Seal(#[from] crate::seal::SealError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("uploading: {0}")]
+    Upload(#[from] crate::upload::UploadError),
+}
+
+enum LineRef {
+    Text { line: u64, start: usize, end: usize },
+    TooLong { line: u64, len: u64 },
+}
+
+struct Chunk {
+    no: u64,
+    data: Vec<u8>,
+    lines: Vec<LineRef>,
+    bytes: u64,
+}
+
+enum Item {
+    Ok {
+        line: u64,
+        record: Box<Record>,
+        note: Option<String>,
+    },
+    Err {
+        line: u64,
+        error: EventError,
+    },
+}
+
+struct Parsed {
+    no: u64,
+    items: Vec<Item>,
+    bytes: u64,
+}
+
+/// How long the final upload keeps retrying an unreachable store before giving up (sealed
+/// batches stay in the outbox for the next run).
+pub struct UploadPatience {
+    pub attempts: u32,
+    pub first_backoff: Duration,
+}
+
+impl Default for UploadPatience {
+    fn default() -> Self {
+        UploadPatience {
+            attempts: 6,
+            first_backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Imports NDJSON from `input`. `on_outcome` sees every rejection, duplicate and note as it
+/// happens. Uploads run on `rt`.
+pub fn import(
+    archive: &Archive,
+    input: Box<dyn Read + Send>,
+    rt: &tokio::runtime::Handle,
+    patience: UploadPatience,
+    on_outcome: &mut dyn FnMut(Outcome),
+) -> Result<ImportSummary, ImportError> {
+    let started = Instant::now();
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8);
+    let max_line = archive.settings.events.max_event_bytes;
+    let mut summary = ImportSummary::default();
+    let mut batcher = Batcher::new(archive.state.clone(), archive.settings.batch)?;
+    let ctx = archive.seal_context();
+
+    // Upload what an earlier run left in the outbox, and keep uploading as batches commit.
+    let uploader = archive.uploader();
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let background = {
+        let (uploader, wake, done) = (uploader.clone(), wake.clone(), done.clone());
+        rt.spawn(async move {
+            let mut uploaded = Vec::new();
+            loop {
+                let (batch, result) = uploader.drain().await;
+                uploaded.extend(batch);
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, "Upload failed; sealed batches stay in the outbox and will be retried.");
+                }
+                if done.load(std::sync::atomic::Ordering::Acquire) {
+                    return uploaded;
+                }
+                if result.is_err() {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                } else {
+                    wake.notified().await;
+                }
+            }
+        })
+    };
+
+    let (chunk_tx, chunk_rx) = bounded::<Chunk>(workers * 2);
+    let (parsed_tx, parsed_rx) = bounded::<Parsed>(workers * 2);
+    let (batch_tx, batch_rx) = bounded::<ClosedBatch>(1);
+    let (sealed_tx, sealed_rx) = bounded::<Result<SealedBatch, crate::seal::SealError>>(workers);
+    let (commit_tx, commit_rx) = unbounded::<Result<u64, ImportError>>();
+
+    let result: Result<(), ImportError> = std::thread::scope(|scope| {
+        let reader = scope.spawn(move || read_chunks(input, max_line, chunk_tx));
+        for _ in 0..workers {
+            let (rx, tx) = (chunk_rx.clone(), parsed_tx.clone());
+            scope.spawn(move || parse_worker(archive, rx, tx));
+        }
+        drop((chunk_rx, parsed_tx));
+        for _ in 0..workers {
+            let (rx, tx, ctx) = (batch_rx.clone(), sealed_tx.clone(), ctx.clone());
+            scope.spawn(move || {
+                for batch in rx {
+                    if tx.send(seal(batch, &ctx, Timestamp::now())).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop((batch_rx, sealed_tx));
+        let committer = {
+            let (state, wake) = (archive.state.clone(), wake.clone());
+            scope.spawn(move || commit_in_order(&state, sealed_rx, commit_tx, &wake))
+        };
+
+        let mut fatal: Option<ImportError> = None;
+        let mut waiting: BTreeMap<u64, Parsed> = BTreeMap::new();
+        let mut next_chunk = 0u64;
+        let mut index = 0u64;
+        let mut snapshot = archive.state.dedup_snapshot()?;
+        'chunks: for parsed in parsed_rx.iter() {
+            waiting.insert(parsed.no, parsed);
+            while let Some(parsed) = waiting.remove(&next_chunk) {
+                next_chunk += 1;
+                // Batches committed since the last chunk are now in the on-disk index.
+                let mut any = false;
+                for c in commit_rx.try_iter() {
+                    match c {
+                        Ok(idx) => {
+                            batcher.committed(idx);
+                            any = true;
+                        }
+                        Err(e) => {
+                            fatal = Some(e);
+                            break 'chunks;
+                        }
+                    }
+                }
+                if any {
+                    snapshot = archive.state.dedup_snapshot()?;
+                }
+                summary.bytes += parsed.bytes;
+                for item in parsed.items {
+                    summary.events += 1;
+                    match item {
+                        Item::Err { line, error } => {
+                            summary.rejected += 1;
+                            on_outcome(Outcome::Rejected(Rejection::new(line, index, error)));
+                        }
+                        Item::Ok { line, record, note } => {
+                            let event_id = record.event.event_id.clone();
+                            match batcher.admit(*record, &snapshot)? {
+                                Admission::Accepted { .. } => {
+                                    summary.accepted += 1;
+                                    if let Some(note) = note {
+                                        on_outcome(Outcome::Noted {
+                                            line,
+                                            event_id,
+                                            note,
+                                        });
+                                    }
+                                }
+                                Admission::Duplicate => {
+                                    summary.duplicates += 1;
+                                    on_outcome(Outcome::Duplicate { line, event_id });
+                                }
+                                Admission::Conflict => {
+                                    summary.rejected += 1;
+                                    on_outcome(Outcome::Rejected(Rejection {
+                                        line,
+                                        index,
+                                        event_id: Some(event_id),
+                                        kind: RejectKind::Conflict,
+                                        field: None,
+                                        reason: "this event_id was already archived with different content; \
+                                                 archived records are never changed (send a new event_id)"
+                                            .into(),
+                                    }));
+                                }
+                            }
+                        }
+                    }
+                    index += 1;
+                }
+                for batch in batcher.take_closed() {
+                    if batch_tx.send(batch).is_err() {
+                        break 'chunks;
+                    }
+                }
+            }
+        }
+        drop(parsed_rx);
+        if fatal.is_none() {
+            batcher.close_all();
+            for batch in batcher.take_closed() {
+                if batch_tx.send(batch).is_err() {
+                    break;
+                }
+            }
+        }
+        drop(batch_tx);
+        let read = reader.join().expect("reader thread");
+        let commit_result = committer.join().expect("committer thread");
+        for c in commit_rx.try_iter() {
+            if let Err(e) = c {
+                fatal.get_or_insert(e);
+            }
+        }
+        if let Some(e) = fatal {
+            return Err(e);
+        }
+        commit_result?;
+        read.map_err(ImportError::Read)?;
+        Ok(())
+    });
+
+    done.store(true, std::sync::atomic::Ordering::Release);
+    wake.notify_one();
+    let mut uploaded = rt.block_on(background).unwrap_or_default();
+    result?;
+
+    // Final uploads, patiently: the store may be briefly unreachable.
+    let mut backoff = patience.first_backoff;
+    for attempt in 1..=patience.attempts.max(1) {
+        let (batch, res) = rt.block_on(uploader.drain());
+        uploaded.extend(batch);
+        match res {
+            Ok(()) => {
+                summary.upload_error = None;
+                break;
+            }
+            Err(e) if e.is_transient() && attempt < patience.attempts => {
+                tracing::warn!(error = %e, attempt, "The store is unreachable; retrying the upload.");
+                summary.upload_error = Some(e.to_string());
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) if e.is_transient() => {
+                summary.upload_error = Some(e.to_string());
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    summary.pending_uploads = archive.state.outbox()?.len();
+    summary.uploaded = uploaded;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+fn parse_worker(archive: &Archive, rx: Receiver<Chunk>, tx: Sender<Parsed>) {
+    let retention = archive.settings.retention.clone();
+    for chunk in rx {
+        let now = Timestamp::now();
+        let limits = archive.limits(now);
+        let items = chunk
+            .lines
+            .iter()
+            .map(|l| match *l {
+                LineRef::TooLong { line, len } => Item::Err {
+                    line,
+                    error: EventError {
+                        kind: RejectKind::TooLarge,
+                        field: None,
+                        reason: format!(
+                            "the line is {len} bytes or more; the limit is {} bytes",
+                            limits.max_event_bytes
+                        ),
+                        event_id: None,
+                    },
+                },
+                LineRef::Text { line, start, end } => {
+                    let bytes = &chunk.data[start..end];
+                    match parse_event(bytes, &limits) {
+                        Err(error) => Item::Err { line, error },
+                        Ok(event) => {
+                            match retention.resolve(
+                                &event.action,
+                                event.retention_class.as_deref(),
+                                event.occurred_at,
+                            ) {
+                                Err(reason) => Item::Err {
+                                    line,
+                                    error: EventError {
+                                        kind: RejectKind::InvalidValue,
+                                        field: Some("retention_class".into()),
+                                        reason,
+                                        event_id: Some(event.event_id),
+                                    },
+                                },
+                                Ok(res) => Item::Ok {
+                                    line,
+                                    record: Box::new(Record::new(
+                                        event,
+                                        Timestamp::now(),
+                                        res.class,
+                                    )),
+                                    note: res.note,
+                                },
+                            }
+                        }
+                    }
+                }
+            })
+            .collect();
+        if tx
+            .send(Parsed {
+                no: chunk.no,
+                items,
+                bytes: chunk.bytes,
+            })
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
+fn commit_in_order(
+    state: &crate::state::State,
+    rx: Receiver<Result<SealedBatch, crate::seal::SealError>>,
+    tx: Sender<Result<u64, ImportError>>,
+    wake: &tokio::sync::Notify,
+) -> Result<(), ImportError> {
+    let mut waiting: BTreeMap<u64, SealedBatch> = BTreeMap::new();
+    let mut next: Option<u64> = state.next_batch_idx().ok();
+    for sealed in rx {
+        let sealed = match sealed {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx.send(Err(e.into()));
+                return Ok(());
+            }
+        };
+        waiting.insert(sealed.entry.info.batch_idx, sealed);
+        while let Some(n) = next {
+            let Some(s) = waiting.remove(&n) else { break };
+            if let Err(e) = crate::seal::commit(state, s) {
+                let _ = tx.send(Err(e.into()));
+                return Ok(());
+            }
+            let _ = tx.send(Ok(n));
+            wake.notify_one();
+            next = Some(n + 1);
+        }
+    }
+    Ok(())
+}
+
+/// Splits the input into chunks of whole lines. A line longer than `max_line` is not held in
+/// memory: it is skipped up to its newline and reported as too large.
+fn read_chunks(
+    mut input: Box<dyn Read + Send>,
+    max_line: usize,
+    tx: Sender<Chunk>,
+) -> std::io::Result<()> {
+    let mut no = 0u64;
+    let mut line = 0u64;
+    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_BYTES * 2);
+    let mut eof = false;
+    let mut pending_too_long: Vec<LineRef> = Vec::new();
+    let mut skipping: Option<u64> = None; // bytes of an over-long line seen so far
+    let mut read_buf = vec![0u8; 256 * 1024];
+    // Whether `buf` holds a complete line (it never does right after a cut).
+    let mut has_newline = false;
+    while !eof || !buf.is_empty() || !pending_too_long.is_empty() {
+        while !eof && (buf.len() < CHUNK_BYTES || !has_newline) {
+            let n = input.read(&mut read_buf)?;
+            if n == 0 {
+                eof = true;
+                break;
+            }
+            let mut data = &read_buf[..n];
+            if let Some(seen) = skipping {
+                match memchr::memchr(b'\n', data) {
+                    None => {
+                        skipping = Some(seen + n as u64);
+                        continue;
+                    }
+                    Some(i) => {
+                        line += 1;
+                        pending_too_long.push(LineRef::TooLong {
+                            line,
+                            len: seen + i as u64,
+                        });
+                        skipping = None;
+                        data = &data[i + 1..];
+                    }
+                }
+            }
+            has_newline |= memchr::memchr(b'\n', data).is_some();
+            buf.extend_from_slice(data);
+            if !has_newline && buf.len() > max_line + 1 {
+                skipping = Some(buf.len() as u64);
+                buf.clear();
+            }
+        }
+        if eof && skipping.is_some() {
+            line += 1;
+            pending_too_long.push(LineRef::TooLong {
+                line,
+                len: skipping.take().unwrap_or(0),
+            });
+        }
+        let cut = if eof {
+            buf.len()
+        } else {
+            memchr::memrchr(b'\n', &buf).map_or(0, |i| i + 1)
+        };
+        if cut == 0 && pending_too_long.is_empty() {
+            if eof {
+                break;
+            }
+            continue;
+        }
+        let rest = buf.split_off(cut);
+        let data = std::mem::replace(&mut buf, rest);
+        has_newline = false;
+        let mut lines = std::mem::take(&mut pending_too_long);
+        let mut start = 0;
+        while start < data.len() {
+            let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |i| start + i);
+            line += 1;
+            let mut e = end;
+            if e > start && data[e - 1] == b'\r' {
+                e -= 1;
+            }
+            if data[start..e].iter().any(|b| !b.is_ascii_whitespace()) {
+                if e - start > max_line {
+                    lines.push(LineRef::TooLong {
+                        line,
+                        len: (e - start) as u64,
+                    });
+                } else {
+                    lines.push(LineRef::Text {
+                        line,
+                        start,
+                        end: e,
+                    });
+                }
+            }
+            start = end + 1;
+        }
+        let bytes = data.len() as u64;
+        if tx
+            .send(Chunk {
+                no,
+                data,
+                lines,
+                bytes,
+            })
+            .is_err()
+        {
+            break;
+        }
+        no += 1;
+    }
+    Ok(())
+}

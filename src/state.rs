@@ -1,0 +1,525 @@
+//! The writer's local state: one redb database in the state directory, plus the outbox of
+//! sealed segments not yet confirmed in the store.
+//!
+//! ```text
+//! {state_dir}/state.redb                       the database below
+//! {state_dir}/outbox/{batch_idx:012}.parquet   sealed segment bytes awaiting upload
+//! ```
+//!
+//! Tables:
+//!
+//! | table    | key                         | value                                         |
+//! |----------|-----------------------------|-----------------------------------------------|
+//! | `meta`   | name                        | JSON: `writer_id`, `next_batch_idx`, `chain_head`, `last_purge_day` |
+//! | `lanes`  | `YYYY-MM-DD/{class}`        | next sequence number of that lane (u64)       |
+//! | `dedup`  | SHA-256(event_id)[0..16]    | content digest[0..16] ‖ expires day (i32 LE)   |
+//! | `outbox` | batch_idx (u64)             | JSON [`OutboxEntry`]                          |
+//!
+//! Sealing a batch is one transaction: the batch's idempotency entries, its lane's next
+//! sequence, the next batch index and its outbox entry commit together, after the segment
+//! file is fsynced. A crash before the commit leaves no trace but an unreferenced outbox file
+//! (removed at the next open); after it, the upload resumes from the outbox. The idempotency
+//! index is on disk with a bounded cache, so memory does not grow with the window.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::layout::WriterId;
+use crate::merkle::Hash;
+use crate::segment::SegmentInfo;
+use crate::timestamp::{Day, Timestamp};
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const LANES: TableDefinition<&str, u64> = TableDefinition::new("lanes");
+const DEDUP: TableDefinition<&[u8; 16], &[u8; 20]> = TableDefinition::new("dedup");
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+
+/// A lane: the events of one UTC day and one retention class, numbered from 1.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lane {
+    pub day: Day,
+    pub class: std::sync::Arc<str>,
+}
+
+impl Lane {
+    fn key(&self) -> String {
+        format!("{}/{}", self.day, self.class)
+    }
+}
+
+/// The first 16 bytes of SHA-256(event_id): the idempotency index key.
+pub type Fingerprint = [u8; 16];
+
+pub fn fingerprint(event_id: &str) -> Fingerprint {
+    let h = crate::merkle::sha256(event_id.as_bytes());
+    h[..16].try_into().expect("16 bytes")
+}
+
+/// What the idempotency index remembers of an archived event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// The first 16 bytes of the content digest.
+    pub digest: [u8; 16],
+    /// The entry may be purged after this day.
+    pub expires: Day,
+}
+
+impl Seen {
+    fn encode(&self) -> [u8; 20] {
+        let mut v = [0u8; 20];
+        v[..16].copy_from_slice(&self.digest);
+        v[16..].copy_from_slice(&self.expires.days_since_epoch().to_le_bytes());
+        v
+    }
+
+    fn decode(v: &[u8; 20]) -> Seen {
+        Seen {
+            digest: v[..16].try_into().expect("16"),
+            expires: Day::from_days_since_epoch(i32::from_le_bytes(v[16..].try_into().expect("4"))),
+        }
+    }
+
+    pub fn matches(&self, digest: &Hash) -> bool {
+        self.digest == digest[..16]
+    }
+}
+
+/// The head of this writer's manifest chain in the store.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChainHead {
+    pub batch_idx: u64,
+    pub manifest_key: String,
+    /// SHA-256 (hex) of that manifest's bytes.
+    pub manifest_sha256: String,
+}
+
+/// A sealed batch waiting in the outbox for upload.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OutboxEntry {
+    pub info: SegmentInfo,
+    #[serde(with = "crate::segment::hex_hash")]
+    pub sha256: Hash,
+    pub md5: String,
+    pub size: u64,
+    pub sealed_at: Timestamp,
+    /// Set once the segment is confirmed in the store.
+    pub segment_version_id: Option<String>,
+    /// The manifest's bytes, once built (they name the segment's version id).
+    pub manifest: Option<String>,
+    /// Upload attempts so far; a non-zero count makes the next attempt check for an object
+    /// left by an earlier one.
+    pub attempts: u32,
+}
+
+/// One event of a batch being committed to the idempotency index.
+pub struct DedupInsert {
+    pub fingerprint: Fingerprint,
+    pub seen: Seen,
+}
+
+/// Everything a seal commits at once.
+pub struct SealCommit<'a> {
+    pub entry: &'a OutboxEntry,
+    pub lane: &'a Lane,
+    pub lane_next_seq: u64,
+    pub dedup: Vec<DedupInsert>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("the state directory {0} is in use by another wormvault process")]
+    InUse(PathBuf),
+    #[error("state database {path}: {source}")]
+    Db {
+        path: PathBuf,
+        source: Box<redb::Error>,
+    },
+    #[error("state directory {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = StateError> = std::result::Result<T, E>;
+
+/// The writer's local state. `Sync`: concurrent readers, one writer at a time.
+pub struct State {
+    db: Database,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").field("dir", &self.dir).finish()
+    }
+}
+
+/// A consistent snapshot of the idempotency index.
+pub struct DedupSnapshot {
+    table: redb::ReadOnlyTable<&'static [u8; 16], &'static [u8; 20]>,
+}
+
+impl DedupSnapshot {
+    pub fn get(&self, fp: &Fingerprint) -> Result<Option<Seen>, redb::Error> {
+        Ok(self.table.get(fp)?.map(|v| Seen::decode(v.value())))
+    }
+}
+
+impl State {
+    /// Opens (creating) the state in `dir` with a page cache of `cache_bytes`.
+    pub fn open(dir: &Path, cache_bytes: usize) -> Result<State> {
+        let io_err = |source| StateError::Io {
+            path: dir.to_owned(),
+            source,
+        };
+        fs::create_dir_all(dir.join("outbox")).map_err(io_err)?;
+        let path = dir.join("state.redb");
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StateError::InUse(dir.to_owned()),
+                other => StateError::Db {
+                    path: path.clone(),
+                    source: Box::new(other.into()),
+                },
+            })?;
+        let state = State {
+            db,
+            dir: dir.to_owned(),
+        };
+        state.write(|txn| {
+            txn.open_table(META)?;
+            txn.open_table(LANES)?;
+            txn.open_table(DEDUP)?;
+            txn.open_table(OUTBOX)?;
+            Ok(())
+        })?;
+        state.remove_unreferenced_outbox_files()?;
+        Ok(state)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn db_err(&self, e: impl Into<redb::Error>) -> StateError {
+        StateError::Db {
+            path: self.dir.join("state.redb"),
+            source: Box::new(e.into()),
+        }
+    }
+
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T> {
+        let txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        let out = f(&txn).map_err(|e| self.db_err(e))?;
+        txn.commit().map_err(|e| self.db_err(e))?;
+        Ok(out)
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        f(&txn).map_err(|e| self.db_err(e))
+    }
+
+    fn meta<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        let raw =
+            self.read(|txn| Ok(txn.open_table(META)?.get(name)?.map(|v| v.value().to_vec())))?;
+        raw.map(|r| {
+            serde_json::from_slice(&r)
+                .map_err(|e| StateError::Invalid(format!("state meta {name}: {e}")))
+        })
+        .transpose()
+    }
+
+    fn put_meta_in(
+        txn: &redb::WriteTransaction,
+        name: &str,
+        value: &impl serde::Serialize,
+    ) -> Result<(), redb::Error> {
+        let bytes = serde_json::to_vec(value).expect("serializable");
+        txn.open_table(META)?.insert(name, bytes.as_slice())?;
+        Ok(())
+    }
+
+    pub fn writer_id(&self) -> Result<Option<WriterId>> {
+        let raw: Option<String> = self.meta("writer_id")?;
+        raw.map(|s| WriterId::parse(&s).map_err(StateError::Invalid))
+            .transpose()
+    }
+
+    pub fn set_writer_id(&self, id: &WriterId) -> Result<()> {
+        self.write(|txn| Self::put_meta_in(txn, "writer_id", &id.as_str()))
+    }
+
+    pub fn next_batch_idx(&self) -> Result<u64> {
+        Ok(self.meta("next_batch_idx")?.unwrap_or(0))
+    }
+
+    pub fn chain_head(&self) -> Result<Option<ChainHead>> {
+        self.meta("chain_head")
+    }
+
+    pub fn lane_next_seq(&self, lane: &Lane) -> Result<u64> {
+        let key = lane.key();
+        self.read(|txn| {
+            Ok(txn
+                .open_table(LANES)?
+                .get(key.as_str())?
+                .map(|v| v.value())
+                .unwrap_or(1))
+        })
+    }
+
+    /// A snapshot of the idempotency index. Take a new one after learning of a commit.
+    pub fn dedup_snapshot(&self) -> Result<DedupSnapshot> {
+        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = txn.open_table(DEDUP).map_err(|e| self.db_err(e))?;
+        Ok(DedupSnapshot { table })
+    }
+
+    /// Where a sealed segment's bytes wait for upload.
+    pub fn outbox_path(&self, batch_idx: u64) -> PathBuf {
+        self.dir
+            .join("outbox")
+            .join(format!("{batch_idx:012}.parquet"))
+    }
+
+    /// Writes segment bytes to the outbox and fsyncs them (before [`State::commit_seal`]).
+    pub fn write_outbox_file(&self, batch_idx: u64, bytes: &[u8]) -> Result<()> {
+        let path = self.outbox_path(batch_idx);
+        let io_err = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut f = fs::File::create(&path).map_err(io_err)?;
+        f.write_all(bytes).map_err(io_err)?;
+        f.sync_all().map_err(io_err)?;
+        fs::File::open(self.dir.join("outbox"))
+            .and_then(|d| d.sync_all())
+            .map_err(io_err)?;
+        Ok(())
+    }
+
+    pub fn read_outbox_file(&self, batch_idx: u64) -> Result<Vec<u8>> {
+        let path = self.outbox_path(batch_idx);
+        fs::read(&path).map_err(|source| StateError::Io { path, source })
+    }
+
+    /// Commits a sealed batch: idempotency entries (inserted in key order), the lane's next
+    /// sequence, the next batch index and the outbox entry. Batches must commit in
+    /// `batch_idx` order; anything else is a bug and is refused.
+    pub fn commit_seal(&self, mut commit: SealCommit<'_>) -> Result<()> {
+        let expected = self.next_batch_idx()?;
+        let idx = commit.entry.info.batch_idx;
+        if idx != expected {
+            return Err(StateError::Invalid(format!(
+                "batch {idx} committed out of order; expected {expected}"
+            )));
+        }
+        commit.dedup.sort_unstable_by_key(|d| d.fingerprint);
+        let entry = serde_json::to_vec(commit.entry).expect("serializable");
+        self.write(|txn| {
+            {
+                let mut dedup = txn.open_table(DEDUP)?;
+                for d in &commit.dedup {
+                    dedup.insert(&d.fingerprint, &d.seen.encode())?;
+                }
+            }
+            txn.open_table(LANES)?
+                .insert(commit.lane.key().as_str(), commit.lane_next_seq)?;
+            txn.open_table(OUTBOX)?.insert(idx, entry.as_slice())?;
+            Self::put_meta_in(txn, "next_batch_idx", &(idx + 1))
+        })
+    }
+
+    /// Pending uploads, in batch order.
+    pub fn outbox(&self) -> Result<Vec<OutboxEntry>> {
+        let raw: Vec<Vec<u8>> = self.read(|txn| {
+            let t = txn.open_table(OUTBOX)?;
+            let mut out = Vec::new();
+            for item in t.iter()? {
+                let (_, v) = item?;
+                out.push(v.value().to_vec());
+            }
+            Ok(out)
+        })?;
+        raw.iter()
+            .map(|r| {
+                serde_json::from_slice(r)
+                    .map_err(|e| StateError::Invalid(format!("outbox entry: {e}")))
+            })
+            .collect()
+    }
+
+    pub fn update_outbox(&self, entry: &OutboxEntry) -> Result<()> {
+        let bytes = serde_json::to_vec(entry).expect("serializable");
+        self.write(|txn| {
+            txn.open_table(OUTBOX)?
+                .insert(entry.info.batch_idx, bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Records that a batch's segment and manifest are confirmed in the store: the chain
+    /// head advances, the outbox entry goes, and then its file.
+    pub fn complete_upload(&self, batch_idx: u64, head: &ChainHead) -> Result<()> {
+        self.write(|txn| {
+            txn.open_table(OUTBOX)?.remove(batch_idx)?;
+            Self::put_meta_in(txn, "chain_head", head)
+        })?;
+        let path = self.outbox_path(batch_idx);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StateError::Io { path, source }),
+        }
+    }
+
+    /// Drops idempotency entries that expired before `today`, at most once a day. Returns how
+    /// many were dropped.
+    pub fn purge_expired(&self, today: Day) -> Result<u64> {
+        let last: Option<Day> = self.meta("last_purge_day")?;
+        if last.is_some_and(|d| d >= today) {
+            return Ok(0);
+        }
+        self.write(|txn| {
+            let mut removed = 0u64;
+            txn.open_table(DEDUP)?.retain(|_, v| {
+                let keep = Seen::decode(v).expires >= today;
+                removed += u64::from(!keep);
+                keep
+            })?;
+            Self::put_meta_in(txn, "last_purge_day", &today)?;
+            Ok(removed)
+        })
+    }
+
+    fn remove_unreferenced_outbox_files(&self) -> Result<()> {
+        let referenced: std::collections::HashSet<u64> =
+            self.outbox()?.iter().map(|e| e.info.batch_idx).collect();
+        let dir = self.dir.join("outbox");
+        let entries = fs::read_dir(&dir).map_err(|source| StateError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let idx = name
+                .strip_suffix(".parquet")
+                .and_then(|s| s.parse::<u64>().ok());
+            if idx.is_none_or(|i| !referenced.contains(&i)) {
+                tracing::info!(file = %entry.path().display(), "Removing an outbox file that no committed batch references (left by an interrupted seal).");
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_round_trips_and_purge_respects_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path(), 1 << 20).unwrap();
+        let today = Day::parse("2026-11-22").unwrap();
+        let lane = Lane {
+            day: today,
+            class: "c".into(),
+        };
+        let info = crate::segment::SegmentInfo {
+            format_version: 1,
+            writer: WriterId::parse("w").unwrap(),
+            batch_idx: 0,
+            day: today,
+            retention_class: "c".into(),
+            retain_until: Timestamp::from_micros(0),
+            n_events: 2,
+            first_seq: 1,
+            last_seq: 2,
+            first_occurred_at: Timestamp::from_micros(0),
+            last_occurred_at: Timestamp::from_micros(0),
+            merkle_root: [0; 32],
+        };
+        let entry = OutboxEntry {
+            info,
+            sha256: [1; 32],
+            md5: String::new(),
+            size: 3,
+            sealed_at: Timestamp::from_micros(0),
+            segment_version_id: None,
+            manifest: None,
+            attempts: 0,
+        };
+        let seen = |d: i32| Seen {
+            digest: [7; 16],
+            expires: Day::from_days_since_epoch(today.days_since_epoch() + d),
+        };
+        state.write_outbox_file(0, b"abc").unwrap();
+        state
+            .commit_seal(SealCommit {
+                entry: &entry,
+                lane: &lane,
+                lane_next_seq: 3,
+                dedup: vec![
+                    DedupInsert {
+                        fingerprint: fingerprint("old"),
+                        seen: seen(-1),
+                    },
+                    DedupInsert {
+                        fingerprint: fingerprint("new"),
+                        seen: seen(0),
+                    },
+                ],
+            })
+            .unwrap();
+        assert!(
+            state
+                .commit_seal(SealCommit {
+                    entry: &entry,
+                    lane: &lane,
+                    lane_next_seq: 3,
+                    dedup: vec![]
+                })
+                .is_err()
+        );
+        assert_eq!(state.next_batch_idx().unwrap(), 1);
+        assert_eq!(state.lane_next_seq(&lane).unwrap(), 3);
+        assert_eq!(state.outbox().unwrap(), vec![entry]);
+        let snap = state.dedup_snapshot().unwrap();
+        assert_eq!(snap.get(&fingerprint("new")).unwrap(), Some(seen(0)));
+        drop(snap);
+        assert_eq!(state.purge_expired(today).unwrap(), 1);
+        assert_eq!(state.purge_expired(today).unwrap(), 0, "once a day");
+        let snap = state.dedup_snapshot().unwrap();
+        assert_eq!(snap.get(&fingerprint("old")).unwrap(), None);
+        assert!(snap.get(&fingerprint("new")).unwrap().is_some());
+        drop(snap);
+        // A second process cannot open the same state.
+        assert!(matches!(
+            State::open(dir.path(), 1 << 20),
+            Err(StateError::InUse(_))
+        ));
+        let head = ChainHead {
+            batch_idx: 0,
+            manifest_key: "m".into(),
+            manifest_sha256: "00".into(),
+        };
+        state.complete_upload(0, &head).unwrap();
+        assert!(state.outbox().unwrap().is_empty());
+        assert!(!state.outbox_path(0).exists());
+        assert_eq!(state.chain_head().unwrap(), Some(head));
+    }
+}
