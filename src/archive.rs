@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::config::{Settings, StoreSettings};
 use crate::event::Limits;
+use crate::index::Index;
 use crate::layout::{KeyKind, WriterId};
 use crate::seal::SealContext;
 use crate::state::State;
@@ -13,6 +14,9 @@ use crate::store::s3::S3Store;
 use crate::store::{StoreError, WormStore};
 use crate::timestamp::Timestamp;
 use crate::upload::Uploader;
+
+/// Page cache of the small state database (lanes, outbox, chain head).
+const STATE_CACHE_BYTES: usize = 8 << 20;
 
 /// Why an archive could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +34,7 @@ pub struct Archive {
     pub settings: Settings,
     pub store: Arc<dyn WormStore>,
     pub state: Arc<State>,
+    pub index: Arc<Index>,
     pub writer: WriterId,
 }
 
@@ -56,10 +61,21 @@ impl Archive {
         settings: Settings,
         store: Arc<dyn WormStore>,
     ) -> Result<Archive, OpenError> {
-        let state = Arc::new(State::open(
-            &settings.state_dir,
-            settings.index_cache_bytes,
-        )?);
+        let state = Arc::new(State::open(&settings.state_dir, STATE_CACHE_BYTES)?);
+        let index_dir = settings.state_dir.join("index");
+        let index = Index::open(
+            &index_dir,
+            settings.index_filter_bytes,
+            state.next_batch_idx()?,
+            Timestamp::now().day(),
+        )
+        .map_err(|e| {
+            OpenError::Store(format!(
+                "the idempotency index in {}: {e}",
+                index_dir.display()
+            ))
+        })?;
+        let index = Arc::new(index);
         let kept = state.writer_id()?;
         let writer = match (&settings.writer_id, kept) {
             (Some(configured), Some(kept)) if *configured != kept => {
@@ -85,6 +101,7 @@ impl Archive {
             settings,
             store,
             state,
+            index,
             writer,
         })
     }
@@ -104,6 +121,7 @@ impl Archive {
             retention: self.settings.retention.clone(),
             window_days: self.settings.window_days,
             state: self.state.clone(),
+            index: self.index.clone(),
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! For each accepted [`Record`], in acceptance order, the [`Batcher`]:
 //!
-//! 1. checks idempotency: an `event_id` already archived (in the on-disk index) or pending (in
+//! 1. checks idempotency: an `event_id` already archived (in the [`Index`]) or pending (in
 //!    an open or in-flight batch) with the same content digest is a *duplicate* (success,
 //!    stored once); with a different digest it is a *conflict* (refused);
 //! 2. assigns the next sequence number of the event's lane — (UTC day of `occurred_at`,
@@ -22,7 +22,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::event::Record;
-use crate::state::{DedupSnapshot, Fingerprint, Lane, State, StateError, fingerprint};
+use crate::index::{Fingerprint, Index, fingerprint};
+use crate::state::{Lane, State, StateError};
+
+/// Fingerprints are uniformly random already: the hash is their first eight bytes.
+#[derive(Default)]
+pub struct FingerprintHasher(u64);
+
+impl std::hash::Hasher for FingerprintHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut b = [0u8; 8];
+        let n = bytes.len().min(8);
+        b[..n].copy_from_slice(&bytes[..n]);
+        self.0 ^= u64::from_le_bytes(b);
+    }
+}
+
+type FpMap<V> = HashMap<Fingerprint, V, std::hash::BuildHasherDefault<FingerprintHasher>>;
 
 /// When to close a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -37,16 +57,16 @@ pub struct BatchLimits {
 }
 
 /// The outcome of admitting one record.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Admission {
     Accepted {
         lane: Lane,
         seq: u64,
     },
-    /// Archived (or being archived) before with identical content.
-    Duplicate,
-    /// Archived (or being archived) before with different content.
-    Conflict,
+    /// Archived (or being archived) before with identical content; the record is returned.
+    Duplicate(Box<Record>),
+    /// Archived (or being archived) before with different content; the record is returned.
+    Conflict(Box<Record>),
 }
 
 /// A batch ready to be sealed.
@@ -55,12 +75,21 @@ pub struct ClosedBatch {
     pub batch_idx: u64,
     pub lane: Lane,
     pub first_seq: u64,
-    pub records: Vec<Record>,
+    #[allow(
+        clippy::vec_box,
+        reason = "records arrive boxed from the parse threads; moving pointers is the point"
+    )]
+    pub records: Vec<Box<Record>>,
 }
 
 struct OpenBatch {
     first_seq: u64,
-    records: Vec<Record>,
+    /// Boxed: the sequencer moves a pointer per event, not the record.
+    #[allow(
+        clippy::vec_box,
+        reason = "records arrive boxed from the parse threads; moving pointers is the point"
+    )]
+    records: Vec<Box<Record>>,
     bytes: usize,
     opened: Instant,
 }
@@ -69,58 +98,62 @@ struct OpenBatch {
 pub struct Batcher {
     limits: BatchLimits,
     state: Arc<State>,
+    index: Arc<Index>,
     open: HashMap<Lane, OpenBatch>,
     next_seq: HashMap<Lane, u64>,
     next_batch_idx: u64,
     /// Fingerprint → digest prefix of events in open or in-flight batches.
-    pending: HashMap<Fingerprint, [u8; 16]>,
+    pending: FpMap<[u8; 12]>,
     in_flight: BTreeMap<u64, Vec<Fingerprint>>,
     open_bytes: usize,
     closed: Vec<ClosedBatch>,
 }
 
 impl Batcher {
-    pub fn new(state: Arc<State>, limits: BatchLimits) -> Result<Batcher, StateError> {
+    pub fn new(
+        state: Arc<State>,
+        index: Arc<Index>,
+        limits: BatchLimits,
+    ) -> Result<Batcher, StateError> {
         let next_batch_idx = state.next_batch_idx()?;
         Ok(Batcher {
             limits,
             state,
+            index,
             open: HashMap::new(),
             next_seq: HashMap::new(),
             next_batch_idx,
-            pending: HashMap::new(),
+            pending: FpMap::default(),
             in_flight: BTreeMap::new(),
             open_bytes: 0,
             closed: Vec::new(),
         })
     }
 
-    /// Admits one record. `index` must have been taken after the last [`Batcher::committed`].
-    pub fn admit(
-        &mut self,
-        record: Record,
-        index: &DedupSnapshot,
-    ) -> Result<Admission, StateError> {
+    /// Admits one record.
+    pub fn admit(&mut self, record: Box<Record>) -> Result<Admission, StateError> {
         let fp = fingerprint(&record.event.event_id);
+        let day = record.event.occurred_at.day();
         let prior = match self.pending.get(&fp) {
             Some(d) => Some(*d),
-            None => index
-                .get(&fp)
-                .map_err(|e| StateError::Db {
-                    path: self.state.dir().into(),
-                    source: Box::new(e),
+            None => self
+                .index
+                .lookup(&fp, day)
+                .map_err(|source| StateError::Io {
+                    path: self.state.dir().join("index"),
+                    source,
                 })?
                 .map(|s| s.digest),
         };
         if let Some(digest) = prior {
-            return Ok(if digest == record.digest[..16] {
-                Admission::Duplicate
+            return Ok(if digest == record.digest[..12] {
+                Admission::Duplicate(record)
             } else {
-                Admission::Conflict
+                Admission::Conflict(record)
             });
         }
         let lane = Lane {
-            day: record.event.occurred_at.day(),
+            day,
             class: record.retention_class.clone(),
         };
         let seq = match self.next_seq.get_mut(&lane) {
@@ -133,7 +166,7 @@ impl Batcher {
         let this_seq = *seq;
         *seq += 1;
         self.pending
-            .insert(fp, record.digest[..16].try_into().expect("16"));
+            .insert(fp, record.digest[..12].try_into().expect("12"));
         let weight = record.weight();
         self.open_bytes += weight;
         let batch = self.open.entry(lane.clone()).or_insert_with(|| OpenBatch {

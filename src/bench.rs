@@ -177,6 +177,96 @@ pub fn generate(path: &Path, n: u64, start: Day, days: u32, seed: u64) -> std::i
     Ok(bytes)
 }
 
+/// Single-thread cost of each pipeline stage, in microseconds per event (best of `reps` runs
+/// over `n` generated events): what to look at first when throughput moves.
+pub fn stage_costs(n: usize, reps: usize) -> Vec<(&'static str, f64)> {
+    use crate::event::{Limits, Record, parse_event};
+    use std::time::Instant;
+    let mut rng = Rng::new(42);
+    let start = Day::parse("2026-11-02").expect("valid");
+    let lines: Vec<String> = (0..n as u64)
+        .map(|i| {
+            let mut s = String::new();
+            event_json(&mut rng, i, start, 1, &mut s);
+            s
+        })
+        .collect();
+    let limits = Limits {
+        max_event_bytes: 1 << 20,
+        latest_occurred_at: Timestamp::now().plus_micros(86_400_000_000 * 3650),
+    };
+    let best = |f: &mut dyn FnMut()| {
+        (0..reps.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::MAX, f64::min)
+            * 1e6
+            / n as f64
+    };
+    let mut out = Vec::new();
+    out.push((
+        "serde_json, payload kept raw (no validation)",
+        best(&mut || {
+            for l in &lines {
+                let v: &serde_json::value::RawValue = serde_json::from_str(l).expect("valid");
+                std::hint::black_box(v);
+            }
+        }),
+    ));
+    out.push((
+        "parse_event (typed parse, validation, RFC 8785 payload)",
+        best(&mut || {
+            for l in &lines {
+                std::hint::black_box(parse_event(l.as_bytes(), &limits).expect("valid"));
+            }
+        }),
+    ));
+    let events: Vec<_> = lines
+        .iter()
+        .map(|l| parse_event(l.as_bytes(), &limits).expect("valid"))
+        .collect();
+    let now = Timestamp::now();
+    out.push((
+        "Record::new (canonical record, digest, leaf hash)",
+        best(&mut || {
+            for e in &events {
+                std::hint::black_box(Record::new(e.clone(), now, "sec-17a-4-a".into()));
+            }
+        }),
+    ));
+    let records: Vec<Record> = events
+        .into_iter()
+        .map(|e| Record::new(e, now, "sec-17a-4-a".into()))
+        .collect();
+    let leaves: Vec<_> = records.iter().map(|r| r.leaf).collect();
+    out.push((
+        "Merkle root (rs_merkle, RFC 6962)",
+        best(&mut || {
+            std::hint::black_box(crate::merkle::root(&leaves));
+        }),
+    ));
+    let header = crate::segment::SegmentHeader {
+        writer: crate::layout::WriterId::parse("bench").expect("valid"),
+        batch_idx: 0,
+        day: start,
+        retention_class: "sec-17a-4-a".into(),
+        retain_until: now,
+        first_seq: 1,
+    };
+    out.push((
+        "write_segment (Arrow, Parquet zstd 1, SHA-256 + MD5)",
+        best(&mut || {
+            std::hint::black_box(
+                crate::segment::write_segment(&header, &records).expect("encodes"),
+            );
+        }),
+    ));
+    out
+}
+
 /// The process's peak resident set size in bytes (`VmHWM`), if the platform reports it.
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

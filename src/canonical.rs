@@ -34,18 +34,18 @@ pub struct CanonicalError {
 /// `serde_json::value::RawValue`) and appends the JCS bytes to `out`. `root` names the value
 /// in error paths.
 pub fn canonicalize_into(json: &str, root: &str, out: &mut String) -> Result<(), CanonicalError> {
-    let mut p = Parser {
-        s: json.as_bytes(),
-        i: 0,
-        path: vec![Seg::Key(root.to_owned())],
-    };
-    p.ws();
-    p.value(out, 0)?;
-    p.ws();
-    if p.i != p.s.len() {
-        return Err(p.err("trailing characters after the JSON value"));
-    }
-    Ok(())
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.take();
+        let result = Parser {
+            src: json,
+            i: 0,
+            root,
+            scratch: &mut scratch,
+        }
+        .run(out);
+        SCRATCH.set(scratch);
+        result
+    })
 }
 
 /// Canonicalizes a JSON text into a new string.
@@ -70,22 +70,20 @@ pub fn write_string(out: &mut String, s: &str) {
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let esc: Option<&str> = match b {
-            b'"' => Some("\\\""),
-            b'\\' => Some("\\\\"),
-            0x08 => Some("\\b"),
-            0x09 => Some("\\t"),
-            0x0a => Some("\\n"),
-            0x0c => Some("\\f"),
-            0x0d => Some("\\r"),
-            0x00..=0x1f => None,
-            _ => continue,
-        };
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
+        }
         out.push_str(&s[start..i]);
-        match esc {
-            Some(e) => out.push_str(e),
-            None => {
-                let _ = write!(out, "\\u{:04x}", b);
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            0x08 => out.push_str("\\b"),
+            0x09 => out.push_str("\\t"),
+            0x0a => out.push_str("\\n"),
+            0x0c => out.push_str("\\f"),
+            0x0d => out.push_str("\\r"),
+            _ => {
+                let _ = write!(out, "\\u{b:04x}");
             }
         }
         start = i + 1;
@@ -104,18 +102,28 @@ pub fn cmp_utf16(a: &str, b: &str) -> Ordering {
 
 /// The ECMAScript `Number.prototype.toString` form of a finite double.
 pub fn format_number(x: f64) -> String {
+    let mut out = String::with_capacity(24);
+    format_number_into(x, &mut out);
+    out
+}
+
+/// Appends the ECMAScript `Number.prototype.toString` form of a finite double.
+pub fn format_number_into(x: f64, out: &mut String) {
     debug_assert!(x.is_finite());
     if x == 0.0 {
-        return "0".to_owned();
+        out.push('0');
+        return;
     }
-    let (neg, digits, n) = shortest_digits(x);
-    let k = digits.len() as i32;
-    let mut out = String::with_capacity(24);
-    if neg {
+    let mut buf = ryu::Buffer::new();
+    let dec = Decimal::parse(buf.format_finite(x).as_bytes()).expect("ryu prints a short decimal");
+    let digits = dec.digits();
+    let (k, n) = (digits.len() as i32, dec.point);
+    let digits = std::str::from_utf8(digits).expect("ASCII digits");
+    if dec.neg {
         out.push('-');
     }
     if k <= n && n <= 21 {
-        out.push_str(&digits);
+        out.push_str(digits);
         out.extend(std::iter::repeat_n('0', (n - k) as usize));
     } else if 0 < n && n <= 21 {
         out.push_str(&digits[..n as usize]);
@@ -124,7 +132,7 @@ pub fn format_number(x: f64) -> String {
     } else if -6 < n && n <= 0 {
         out.push_str("0.");
         out.extend(std::iter::repeat_n('0', (-n) as usize));
-        out.push_str(&digits);
+        out.push_str(digits);
     } else {
         let e = n - 1;
         out.push_str(&digits[..1]);
@@ -136,85 +144,175 @@ pub fn format_number(x: f64) -> String {
         out.push(if e < 0 { '-' } else { '+' });
         let _ = write!(out, "{}", e.abs());
     }
-    out
 }
 
-/// The shortest round-trip decimal digits of `x` (no leading or trailing zeros) and `n`, the
-/// position of the decimal point: `x = 0.d1d2... × 10^n`.
-fn shortest_digits(x: f64) -> (bool, String, i32) {
-    let mut buf = ryu::Buffer::new();
-    let text = buf.format_finite(x);
-    let dec = Decimal::parse(text).expect("ryu prints a decimal number");
-    (dec.neg, dec.digits, dec.point)
-}
+/// Most significant digits a double's shortest decimal form can have.
+const MAX_DIGITS: usize = 17;
 
-/// A decimal number as sign, significant digits and point position (value =
-/// 0.`digits` × 10^`point`); zero has no digits. Two decimals are numerically equal exactly
-/// when their normal forms are equal.
+/// A decimal number in normal form: sign, significant digits (no leading or trailing zeros)
+/// and point position (value = 0.`digits` × 10^`point`); zero has no digits and no sign.
+/// Two decimals are numerically equal exactly when their normal forms are equal. Only numbers
+/// with at most [`MAX_DIGITS`] significant digits are represented, without allocating.
 #[derive(Debug, PartialEq, Eq)]
 struct Decimal {
     neg: bool,
-    digits: String,
+    len: u8,
+    buf: [u8; MAX_DIGITS],
     point: i32,
 }
 
 impl Decimal {
-    /// Parses a JSON number literal (or ryu output) into its normal form.
-    fn parse(text: &str) -> Option<Decimal> {
-        let (neg, rest) = match text.strip_prefix('-') {
-            Some(r) => (true, r),
-            None => (false, text),
+    fn digits(&self) -> &[u8] {
+        &self.buf[..self.len as usize]
+    }
+
+    /// Parses a JSON number literal (or ryu output); `None` if it has more than
+    /// [`MAX_DIGITS`] significant digits or is not a number.
+    fn parse(text: &[u8]) -> Option<Decimal> {
+        let (neg, rest) = match text.split_first() {
+            Some((b'-', r)) => (true, r),
+            _ => (false, text),
         };
-        let (mantissa, exp) = match rest.find(['e', 'E']) {
-            Some(i) => (&rest[..i], rest[i + 1..].parse::<i64>().ok()?),
+        let e_at = rest.iter().position(|&c| c == b'e' || c == b'E');
+        let (mantissa, exp) = match e_at {
+            Some(i) => {
+                let e = std::str::from_utf8(&rest[i + 1..])
+                    .ok()?
+                    .parse::<i64>()
+                    .ok()?;
+                (&rest[..i], e)
+            }
             None => (rest, 0),
         };
-        let (int, frac) = match mantissa.find('.') {
-            Some(i) => (&mantissa[..i], &mantissa[i + 1..]),
-            None => (mantissa, ""),
+        let dot = mantissa.iter().position(|&c| c == b'.');
+        let int_len = dot.unwrap_or(mantissa.len()) as i64;
+        let mut d = Decimal {
+            neg,
+            len: 0,
+            buf: [0; MAX_DIGITS],
+            point: 0,
         };
-        let mut digits: String = String::with_capacity(int.len() + frac.len());
-        digits.push_str(int);
-        digits.push_str(frac);
-        let lead = digits.bytes().take_while(|&c| c == b'0').count();
-        let mut point = int.len() as i64 - lead as i64 + exp;
-        let digits = digits[lead..].trim_end_matches('0').to_owned();
-        if digits.is_empty() {
+        let mut leading = true;
+        let mut seen_int = 0i64; // integer-part digits consumed (including leading zeros)
+        let mut first_sig_pos: Option<i64> = None;
+        let mut pending_zeros = 0usize;
+        for &c in mantissa {
+            if c == b'.' {
+                continue;
+            }
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            let pos = seen_int;
+            seen_int += 1;
+            if leading && c == b'0' {
+                continue;
+            }
+            if leading {
+                leading = false;
+                first_sig_pos = Some(pos);
+            }
+            if c == b'0' {
+                pending_zeros += 1;
+                continue;
+            }
+            if d.len as usize + pending_zeros + 1 > MAX_DIGITS {
+                return None;
+            }
+            for _ in 0..pending_zeros {
+                d.buf[d.len as usize] = b'0';
+                d.len += 1;
+            }
+            pending_zeros = 0;
+            d.buf[d.len as usize] = c;
+            d.len += 1;
+        }
+        let Some(first) = first_sig_pos else {
             return Some(Decimal {
                 neg: false,
-                digits,
+                len: 0,
+                buf: [0; MAX_DIGITS],
                 point: 0,
             });
-        }
-        point = point.clamp(i64::from(i32::MIN), i64::from(i32::MAX));
-        Some(Decimal {
-            neg,
-            digits,
-            point: point as i32,
-        })
+        };
+        let point = int_len - first + exp;
+        d.point = i32::try_from(point).ok()?;
+        Some(d)
+    }
+}
+
+/// Reusable buffers of the parser, one frame per nesting depth, kept per thread so that
+/// canonicalizing an event allocates nothing in the steady state.
+#[derive(Default)]
+struct Scratch {
+    frames: Vec<Frame>,
+    path: Vec<Seg>,
+}
+
+#[derive(Default)]
+struct Frame {
+    /// The serialized values of the object's members, back to back.
+    values: String,
+    members: Vec<Member>,
+}
+
+struct Member {
+    key: Key,
+    value: std::ops::Range<usize>,
+}
+
+/// A member name: a slice of the input (no escapes) or a decoded copy.
+enum Key {
+    Raw(std::ops::Range<usize>),
+    Decoded(String),
+}
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Scratch::default());
+}
+
+fn key_of<'k>(src: &'k str, key: &'k Key) -> &'k str {
+    match key {
+        Key::Raw(r) => &src[r.clone()],
+        Key::Decoded(s) => s,
     }
 }
 
 enum Seg {
-    Key(String),
+    Key(Key),
     Index(usize),
 }
 
-struct Parser<'a> {
-    s: &'a [u8],
+struct Parser<'a, 's> {
+    src: &'a str,
     i: usize,
-    path: Vec<Seg>,
+    root: &'a str,
+    scratch: &'s mut Scratch,
 }
 
-impl Parser<'_> {
+impl Parser<'_, '_> {
+    fn run(mut self, out: &mut String) -> Result<(), CanonicalError> {
+        self.scratch.path.clear();
+        self.ws();
+        self.value(out, 0)?;
+        self.ws();
+        if self.i != self.src.len() {
+            return Err(self.err("trailing characters after the JSON value"));
+        }
+        Ok(())
+    }
+
+    fn key_str<'k>(&'k self, key: &'k Key) -> &'k str {
+        key_of(self.src, key)
+    }
+
     fn err(&self, reason: impl Into<String>) -> CanonicalError {
-        let mut path = String::new();
-        for (n, seg) in self.path.iter().enumerate() {
+        let mut path = self.root.to_owned();
+        for seg in &self.scratch.path {
             match seg {
-                Seg::Key(k) if n == 0 => path.push_str(k),
                 Seg::Key(k) => {
                     path.push('.');
-                    path.push_str(k);
+                    path.push_str(self.key_str(k));
                 }
                 Seg::Index(i) => {
                     let _ = write!(path, "[{i}]");
@@ -227,14 +325,18 @@ impl Parser<'_> {
         }
     }
 
+    fn peek(&self) -> Option<u8> {
+        self.src.as_bytes().get(self.i).copied()
+    }
+
     fn ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.s.get(self.i) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
             self.i += 1;
         }
     }
 
     fn expect(&mut self, c: u8) -> Result<(), CanonicalError> {
-        if self.s.get(self.i) == Some(&c) {
+        if self.peek() == Some(c) {
             self.i += 1;
             Ok(())
         } else {
@@ -246,14 +348,23 @@ impl Parser<'_> {
         if depth > MAX_DEPTH {
             return Err(self.err(format!("nested deeper than {MAX_DEPTH} levels")));
         }
-        match self.s.get(self.i) {
+        match self.peek() {
             Some(b'{') => self.object(out, depth),
             Some(b'[') => self.array(out, depth),
-            Some(b'"') => {
-                let s = self.string()?;
-                write_string(out, &s);
-                Ok(())
-            }
+            Some(b'"') => match self.string()? {
+                Key::Raw(r) => {
+                    // A JSON string without escapes holds no quote, backslash or control
+                    // character: it is already in canonical form.
+                    out.push('"');
+                    out.push_str(&self.src[r]);
+                    out.push('"');
+                    Ok(())
+                }
+                Key::Decoded(s) => {
+                    write_string(out, &s);
+                    Ok(())
+                }
+            },
             Some(b't') => self.literal(out, "true"),
             Some(b'f') => self.literal(out, "false"),
             Some(b'n') => self.literal(out, "null"),
@@ -263,7 +374,7 @@ impl Parser<'_> {
     }
 
     fn literal(&mut self, out: &mut String, word: &str) -> Result<(), CanonicalError> {
-        if self.s[self.i..].starts_with(word.as_bytes()) {
+        if self.src.as_bytes()[self.i..].starts_with(word.as_bytes()) {
             self.i += word.len();
             out.push_str(word);
             Ok(())
@@ -274,10 +385,20 @@ impl Parser<'_> {
 
     fn number(&mut self, out: &mut String) -> Result<(), CanonicalError> {
         let start = self.i;
-        while let Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') = self.s.get(self.i) {
+        while let Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') = self.peek() {
             self.i += 1;
         }
-        let text = std::str::from_utf8(&self.s[start..self.i]).expect("ASCII");
+        let text = &self.src[start..self.i];
+        // Fast path: a plain integer of at most 15 digits is its own canonical form.
+        let digits = text.strip_prefix('-').unwrap_or(text);
+        if !digits.is_empty()
+            && digits.len() <= 15
+            && digits.bytes().all(|c| c.is_ascii_digit())
+            && (digits.len() == 1 || !digits.starts_with('0'))
+        {
+            out.push_str(if digits == "0" { "0" } else { text });
+            return Ok(());
+        }
         let x: f64 = text
             .parse()
             .map_err(|_| self.err(format!("`{text}` is not a number")))?;
@@ -286,44 +407,48 @@ impl Parser<'_> {
                 "the number {text} is outside the range of an IEEE 754 double; send it as a string"
             )));
         }
-        let canonical = format_number(x);
-        if Decimal::parse(text) != Decimal::parse(&canonical) {
+        let at = out.len();
+        format_number_into(x, out);
+        let exact = match Decimal::parse(text.as_bytes()) {
+            Some(d) => Decimal::parse(&out.as_bytes()[at..]) == Some(d),
+            None => false,
+        };
+        if !exact {
+            let canonical = out[at..].to_owned();
+            out.truncate(at);
             return Err(self.err(format!(
                 "the number {text} is not exactly representable as an IEEE 754 double and \
                  canonicalization would change it to {canonical}; send it as a string"
             )));
         }
-        out.push_str(&canonical);
         Ok(())
     }
 
-    /// Parses a string literal, decoding escapes. Fast path: no backslash.
-    fn string(&mut self) -> Result<std::borrow::Cow<'_, str>, CanonicalError> {
+    /// Parses a string literal. Without escapes it is returned as a range of the input;
+    /// otherwise decoded.
+    fn string(&mut self) -> Result<Key, CanonicalError> {
         self.expect(b'"')?;
         let start = self.i;
-        let rest = &self.s[start..];
+        let rest = &self.src.as_bytes()[start..];
         let end =
             memchr::memchr2(b'"', b'\\', rest).ok_or_else(|| self.err("unterminated string"))?;
         if rest[end] == b'"' {
             self.i = start + end + 1;
-            let s = std::str::from_utf8(&self.s[start..start + end])
-                .map_err(|_| self.err("string is not valid UTF-8"))?;
-            return Ok(std::borrow::Cow::Borrowed(s));
+            return Ok(Key::Raw(start..start + end));
         }
-        let mut buf: Vec<u8> = Vec::with_capacity(rest.len().min(64));
+        let mut buf = String::with_capacity(end + 16);
+        buf.push_str(&self.src[start..start + end]);
+        self.i = start + end;
         loop {
-            let b = *self
-                .s
-                .get(self.i)
-                .ok_or_else(|| self.err("unterminated string"))?;
-            self.i += 1;
+            let b = self.peek().ok_or_else(|| self.err("unterminated string"))?;
             match b {
-                b'"' => break,
+                b'"' => {
+                    self.i += 1;
+                    break;
+                }
                 b'\\' => {
-                    let e = *self
-                        .s
-                        .get(self.i)
-                        .ok_or_else(|| self.err("unterminated escape"))?;
+                    self.i += 1;
+                    let e = self.peek().ok_or_else(|| self.err("unterminated escape"))?;
                     self.i += 1;
                     let c: char = match e {
                         b'"' => '"',
@@ -337,7 +462,7 @@ impl Parser<'_> {
                         b'u' => {
                             let hi = self.hex4()?;
                             if (0xD800..0xDC00).contains(&hi) {
-                                if self.s.get(self.i..self.i + 2) != Some(b"\\u") {
+                                if self.src.as_bytes().get(self.i..self.i + 2) != Some(b"\\u") {
                                     return Err(self.err("lone UTF-16 surrogate in a \\u escape"));
                                 }
                                 self.i += 2;
@@ -355,23 +480,26 @@ impl Parser<'_> {
                         }
                         _ => return Err(self.err("invalid escape in string")),
                     };
-                    let mut tmp = [0u8; 4];
-                    buf.extend_from_slice(c.encode_utf8(&mut tmp).as_bytes());
+                    buf.push(c);
                 }
-                _ => buf.push(b),
+                _ => {
+                    // Copy the run up to the next quote or backslash at once.
+                    let rest = &self.src.as_bytes()[self.i..];
+                    let n = memchr::memchr2(b'"', b'\\', rest)
+                        .ok_or_else(|| self.err("unterminated string"))?;
+                    buf.push_str(&self.src[self.i..self.i + n]);
+                    self.i += n;
+                }
             }
         }
-        String::from_utf8(buf)
-            .map(std::borrow::Cow::Owned)
-            .map_err(|_| self.err("string is not valid UTF-8"))
+        Ok(Key::Decoded(buf))
     }
 
     fn hex4(&mut self) -> Result<u32, CanonicalError> {
         let h = self
-            .s
+            .src
             .get(self.i..self.i + 4)
             .ok_or_else(|| self.err("short \\u escape"))?;
-        let h = std::str::from_utf8(h).map_err(|_| self.err("bad \\u escape"))?;
         let v = u32::from_str_radix(h, 16).map_err(|_| self.err("bad \\u escape"))?;
         self.i += 4;
         Ok(v)
@@ -381,7 +509,7 @@ impl Parser<'_> {
         self.expect(b'[')?;
         out.push('[');
         self.ws();
-        if self.s.get(self.i) == Some(&b']') {
+        if self.peek() == Some(b']') {
             self.i += 1;
             out.push(']');
             return Ok(());
@@ -391,12 +519,12 @@ impl Parser<'_> {
             if idx > 0 {
                 out.push(',');
             }
-            self.path.push(Seg::Index(idx));
+            self.scratch.path.push(Seg::Index(idx));
             self.ws();
             self.value(out, depth + 1)?;
-            self.path.pop();
+            self.scratch.path.pop();
             self.ws();
-            match self.s.get(self.i) {
+            match self.peek() {
                 Some(b',') => self.i += 1,
                 Some(b']') => {
                     self.i += 1;
@@ -412,25 +540,46 @@ impl Parser<'_> {
     fn object(&mut self, out: &mut String, depth: usize) -> Result<(), CanonicalError> {
         self.expect(b'{')?;
         self.ws();
-        let mut members: Vec<(String, String)> = Vec::new();
-        if self.s.get(self.i) == Some(&b'}') {
+        if self.peek() == Some(b'}') {
             self.i += 1;
             out.push_str("{}");
             return Ok(());
         }
+        if self.scratch.frames.len() <= depth {
+            self.scratch.frames.resize_with(depth + 1, Frame::default);
+        }
+        let mut frame = std::mem::take(&mut self.scratch.frames[depth]);
+        frame.values.clear();
+        frame.members.clear();
+        let result = self.members(&mut frame, depth);
+        if result.is_ok() {
+            self.emit(&frame, out);
+        }
+        self.scratch.frames[depth] = frame;
+        result
+    }
+
+    fn members(&mut self, frame: &mut Frame, depth: usize) -> Result<(), CanonicalError> {
         loop {
             self.ws();
-            let key = self.string()?.into_owned();
+            let key = self.string()?;
             self.ws();
             self.expect(b':')?;
             self.ws();
-            self.path.push(Seg::Key(key.clone()));
-            let mut v = String::new();
-            self.value(&mut v, depth + 1)?;
-            self.path.pop();
-            members.push((key, v));
+            let path_key = match &key {
+                Key::Raw(r) => Key::Raw(r.clone()),
+                Key::Decoded(s) => Key::Decoded(s.clone()),
+            };
+            self.scratch.path.push(Seg::Key(path_key));
+            let start = frame.values.len();
+            self.value(&mut frame.values, depth + 1)?;
+            self.scratch.path.pop();
+            frame.members.push(Member {
+                key,
+                value: start..frame.values.len(),
+            });
             self.ws();
-            match self.s.get(self.i) {
+            match self.peek() {
                 Some(b',') => self.i += 1,
                 Some(b'}') => {
                     self.i += 1;
@@ -439,24 +588,55 @@ impl Parser<'_> {
                 _ => return Err(self.err("expected `,` or `}`")),
             }
         }
-        members.sort_by(|a, b| cmp_utf16(&a.0, &b.0));
-        if let Some(w) = members.windows(2).find(|w| w[0].0 == w[1].0) {
-            let dup = w[0].0.clone();
+        let src = self.src;
+        // UTF-8 byte order is UTF-16 order unless a name holds a character outside the Basic
+        // Multilingual Plane (a 4-byte UTF-8 sequence, lead byte 0xF0 or above).
+        let astral = frame
+            .members
+            .iter()
+            .any(|m| key_of(src, &m.key).bytes().any(|b| b >= 0xF0));
+        if astral {
+            frame
+                .members
+                .sort_by(|a, b| cmp_utf16(key_of(src, &a.key), key_of(src, &b.key)));
+        } else {
+            frame.members.sort_by(|a, b| {
+                key_of(src, &a.key)
+                    .as_bytes()
+                    .cmp(key_of(src, &b.key).as_bytes())
+            });
+        }
+        if let Some(w) = frame
+            .members
+            .windows(2)
+            .find(|w| key_of(src, &w[0].key) == key_of(src, &w[1].key))
+        {
+            let dup = key_of(src, &w[0].key).to_owned();
             return Err(self.err(format!(
                 "the member name {dup:?} appears more than once; a record must say one thing"
             )));
         }
+        Ok(())
+    }
+
+    fn emit(&self, frame: &Frame, out: &mut String) {
         out.push('{');
-        for (n, (k, v)) in members.iter().enumerate() {
+        for (n, m) in frame.members.iter().enumerate() {
             if n > 0 {
                 out.push(',');
             }
-            write_string(out, k);
+            match &m.key {
+                Key::Raw(r) => {
+                    out.push('"');
+                    out.push_str(&self.src[r.clone()]);
+                    out.push('"');
+                }
+                Key::Decoded(s) => write_string(out, s),
+            }
             out.push(':');
-            out.push_str(v);
+            out.push_str(&frame.values[m.value.clone()]);
         }
         out.push('}');
-        Ok(())
     }
 }
 
@@ -602,5 +782,111 @@ mod tests {
         );
         let ok = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);
         assert_eq!(canonicalize(&ok).unwrap(), ok);
+    }
+
+    /// A reference canonicalizer over `serde_json::Value`, for differential testing of the
+    /// streaming parser (sorting, escaping, nesting); numbers go through `format_number`,
+    /// which the RFC table above pins.
+    fn reference(v: &serde_json::Value, out: &mut String) {
+        match v {
+            serde_json::Value::Null => out.push_str("null"),
+            serde_json::Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            serde_json::Value::Number(n) => out.push_str(&format_number(n.as_f64().unwrap())),
+            serde_json::Value::String(s) => write_string(out, s),
+            serde_json::Value::Array(a) => {
+                out.push('[');
+                for (i, x) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    reference(x, out);
+                }
+                out.push(']');
+            }
+            serde_json::Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort_by(|a, b| cmp_utf16(a, b));
+                out.push('{');
+                for (i, k) in keys.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write_string(out, k);
+                    out.push(':');
+                    reference(&m[k.as_str()], out);
+                }
+                out.push('}');
+            }
+        }
+    }
+
+    #[test]
+    fn agrees_with_a_reference_on_generated_documents() {
+        let mut rng = crate::bench::Rng::new(99);
+        let keys = [
+            "a",
+            "b",
+            "\u{e9}",
+            "\u{1f600}",
+            "\u{fb33}",
+            "z\"q",
+            "tab\t",
+            "",
+            "A",
+            "10",
+            "9",
+        ];
+        let strings = [
+            "x",
+            "line\nbreak",
+            "quote\"back\\slash",
+            "\u{1}ctl",
+            "caf\u{e9}",
+            "\u{1f600}",
+            "/",
+            "",
+        ];
+        fn document(
+            rng: &mut crate::bench::Rng,
+            depth: u32,
+            keys: &[&str],
+            strings: &[&str],
+        ) -> serde_json::Value {
+            match rng.below(if depth > 3 { 4 } else { 6 }) {
+                0 => serde_json::Value::Null,
+                1 => serde_json::json!(rng.below(2) == 0),
+                2 => match rng.below(3) {
+                    0 => serde_json::json!(rng.below(1 << 40) as i64 - (1 << 39)),
+                    1 => serde_json::json!(rng.below(1_000_000) as f64 / 64.0),
+                    _ => serde_json::json!(f64::from_bits(rng.next_u64() & 0x7fef_ffff_ffff_ffff)),
+                },
+                3 => serde_json::json!(strings[rng.below(strings.len() as u64) as usize]),
+                4 => serde_json::Value::Array(
+                    (0..rng.below(4))
+                        .map(|_| document(rng, depth + 1, keys, strings))
+                        .collect(),
+                ),
+                _ => {
+                    let mut m = serde_json::Map::new();
+                    for _ in 0..rng.below(6) {
+                        m.insert(
+                            keys[rng.below(keys.len() as u64) as usize].to_owned(),
+                            document(rng, depth + 1, keys, strings),
+                        );
+                    }
+                    serde_json::Value::Object(m)
+                }
+            }
+        }
+        for _ in 0..3000 {
+            let v = document(&mut rng, 0, &keys, &strings);
+            let mut want = String::new();
+            reference(&v, &mut want);
+            // Both the compact and a spaced-out spelling canonicalize to the reference.
+            assert_eq!(canonicalize(&v.to_string()).unwrap(), want, "{v}");
+            let spaced = serde_json::to_string_pretty(&v).unwrap();
+            assert_eq!(canonicalize(&spaced).unwrap(), want);
+            assert_eq!(canonicalize(&want).unwrap(), want, "a fixed point");
+        }
     }
 }

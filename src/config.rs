@@ -116,12 +116,12 @@ pub struct EventsConfig {
 pub struct BatchConfig {
     /// Close a batch at this many events. Default: 100000.
     pub max_events: Option<usize>,
-    /// Close a batch when its events hold this much memory, e.g. `"64MiB"`. Default: 64 MiB.
+    /// Close a batch when its events hold this much memory, e.g. `"32MiB"`. Default: 32 MiB.
     pub max_bytes: Option<ByteSize>,
     /// Close a batch this long after its first event, e.g. `"60s"`. Default: 60 s.
     pub max_age: Option<String>,
     /// Memory budget of all open batches together; the largest is closed when it is
-    /// exceeded. Default: 192 MiB.
+    /// exceeded. Default: 96 MiB.
     pub max_open_bytes: Option<ByteSize>,
 }
 
@@ -132,8 +132,10 @@ pub struct IdempotencyConfig {
     /// An `event_id` is recognised as already archived for at least this many days after its
     /// `occurred_at` day (and after the day it was archived). Default: 7; minimum 1.
     pub window_days: Option<u32>,
-    /// Page cache of the on-disk index, e.g. `"64MiB"`. Default: 64 MiB.
-    pub cache: Option<ByteSize>,
+    /// Memory for the index's filter, e.g. `"16MiB"`. Default: 16 MiB, good for about
+    /// 13 million events in the window at 1 % false positives; give about 1.2 bytes per event
+    /// in the window. A smaller filter is still correct, only slower.
+    pub filter: Option<ByteSize>,
 }
 
 /// `[retention]`
@@ -287,7 +289,7 @@ pub struct Settings {
     pub events: EventSettings,
     pub batch: BatchLimits,
     pub window_days: u32,
-    pub index_cache_bytes: usize,
+    pub index_filter_bytes: usize,
     pub retention: Arc<RetentionPolicy>,
 }
 
@@ -435,9 +437,9 @@ impl Settings {
         };
         let batch = BatchLimits {
             max_events: c.batch.max_events.unwrap_or(100_000),
-            max_bytes: c.batch.max_bytes.map_or(64 << 20, |b| b.0) as usize,
+            max_bytes: c.batch.max_bytes.map_or(32 << 20, |b| b.0) as usize,
             max_age: dur("batch.max_age", &c.batch.max_age, Duration::from_secs(60))?,
-            max_open_bytes: c.batch.max_open_bytes.map_or(192 << 20, |b| b.0) as usize,
+            max_open_bytes: c.batch.max_open_bytes.map_or(96 << 20, |b| b.0) as usize,
         };
         if batch.max_events == 0 {
             return Err(err("batch.max_events must be at least 1".into()));
@@ -487,7 +489,7 @@ impl Settings {
             events,
             batch,
             window_days,
-            index_cache_bytes: c.idempotency.cache.map_or(64 << 20, |b| b.0) as usize,
+            index_filter_bytes: c.idempotency.filter.map_or(16 << 20, |b| b.0) as usize,
             retention: Arc::new(retention),
             origin,
         })
@@ -544,8 +546,8 @@ impl Settings {
         );
         let _ = writeln!(
             s,
-            "idempotency      window {} days, index cache {} bytes",
-            self.window_days, self.index_cache_bytes
+            "idempotency      window {} days, index filter {} bytes",
+            self.window_days, self.index_filter_bytes
         );
         let _ = writeln!(
             s,

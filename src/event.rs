@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use sha2::Digest as _;
 
 use crate::canonical::{self, write_string};
 use crate::merkle::{self, Hash};
@@ -283,11 +284,26 @@ fn parse_inner(bytes: &[u8], limits: &Limits) -> Result<Event, EventError> {
         return Err(EventError::new(Malformed, None, "empty event"));
     }
     let mut de = serde_json::Deserializer::from_str(text);
-    let wire: WireEvent<'_> = serde_path_to_error::deserialize(&mut de).map_err(map_serde_error)?;
+    let mut wire = match WireEvent::deserialize(&mut de) {
+        Ok(wire) => wire,
+        // Parse again, tracking the path, only to say precisely where the problem is.
+        Err(plain) => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            return Err(
+                match serde_path_to_error::deserialize::<_, WireEvent<'_>>(&mut de) {
+                    Err(tracked) => map_serde_error(tracked),
+                    Ok(_) => EventError::new(
+                        Malformed,
+                        None,
+                        format!("not valid JSON: {}", strip_position(&plain)),
+                    ),
+                },
+            );
+        }
+    };
     de.end()
         .map_err(|e| EventError::new(Malformed, None, strip_position(&e)))?;
 
-    let mut wire = wire;
     let event_id = required(wire.event_id.take(), "event_id")?.into_owned();
     check_id(&event_id, "event_id", InvalidEventId)?;
     let with_id = |mut e: EventError| {
@@ -612,21 +628,30 @@ pub struct Record {
 
 impl Record {
     pub fn new(event: Event, ingested_at: Timestamp, retention_class: Arc<str>) -> Record {
-        let mut submitted = String::with_capacity(event.payload.len() + 384);
-        write_canonical(
-            &event,
-            None,
-            event.retention_class.as_deref(),
-            &mut submitted,
-        );
-        let digest = merkle::sha256(submitted.as_bytes());
-        let mut stored = String::with_capacity(submitted.len() + 80);
-        write_canonical(
+        let mut stored = String::with_capacity(event.payload.len() + 448);
+        let spans = write_canonical_spans(
             &event,
             Some(ingested_at),
             Some(&retention_class),
             &mut stored,
         );
+        // The submitted form is the stored one without `ingested_at` and with the submitted
+        // `retention_class` (or none): hash it from the pieces instead of writing it again.
+        let (ingested, class) = (
+            spans.ingested_at.expect("written"),
+            spans.retention_class.expect("written"),
+        );
+        let mut submitted_class = String::new();
+        if let Some(c) = &event.retention_class {
+            submitted_class.push_str(",\"retention_class\":");
+            write_string(&mut submitted_class, c);
+        }
+        let mut h = sha2::Sha256::new();
+        h.update(&stored.as_bytes()[..ingested.start]);
+        h.update(&stored.as_bytes()[ingested.end..class.start]);
+        h.update(submitted_class.as_bytes());
+        h.update(&stored.as_bytes()[class.end..]);
+        let digest: Hash = h.finalize().into();
         let canonical = stored.into_bytes();
         let leaf = merkle::leaf_hash(&canonical);
         Record {
@@ -653,6 +678,25 @@ pub fn write_canonical(
     class: Option<&str>,
     out: &mut String,
 ) {
+    write_canonical_spans(e, ingested_at, class, out);
+}
+
+/// Where the optional members were written, as byte ranges including their leading comma.
+struct Spans {
+    ingested_at: Option<std::ops::Range<usize>>,
+    retention_class: Option<std::ops::Range<usize>>,
+}
+
+fn write_canonical_spans(
+    e: &Event,
+    ingested_at: Option<Timestamp>,
+    class: Option<&str>,
+    out: &mut String,
+) -> Spans {
+    let mut spans = Spans {
+        ingested_at: None,
+        retention_class: None,
+    };
     out.push_str("{\"action\":");
     write_string(out, &e.action);
     out.push_str(",\"actor\":{\"id\":");
@@ -671,12 +715,14 @@ pub fn write_canonical(
     out.push_str(",\"event_id\":");
     write_string(out, &e.event_id);
     if let Some(t) = ingested_at {
+        let start = out.len();
         out.push_str(",\"ingested_at\":\"");
-        out.push_str(&t.to_string());
+        t.write_to(out);
         out.push('"');
+        spans.ingested_at = Some(start..out.len());
     }
     out.push_str(",\"occurred_at\":\"");
-    out.push_str(&e.occurred_at.to_string());
+    e.occurred_at.write_to(out);
     out.push('"');
     if let Some(o) = &e.origin {
         out.push_str(",\"origin\":{");
@@ -698,8 +744,10 @@ pub fn write_canonical(
     out.push_str(",\"payload\":");
     out.push_str(&e.payload);
     if let Some(c) = class {
+        let start = out.len();
         out.push_str(",\"retention_class\":");
         write_string(out, c);
+        spans.retention_class = Some(start..out.len());
     }
     out.push_str(",\"source\":\"");
     out.push_str(e.source.as_str());
@@ -708,6 +756,7 @@ pub fn write_canonical(
     out.push_str(",\"type\":");
     write_string(out, &e.subject.kind);
     out.push_str("}}");
+    spans
 }
 
 #[cfg(test)]
@@ -758,6 +807,19 @@ mod tests {
             r1.digest, r2.digest,
             "the digest covers what was submitted only"
         );
+        // The digest, computed from pieces, equals its definition: SHA-256 of the JCS of the
+        // submitted form, with and without a submitted class.
+        for class in [None, Some("finra-4511")] {
+            let mut e = e.clone();
+            e.retention_class = class.map(str::to_owned);
+            let mut submitted = String::new();
+            write_canonical(&e, None, class, &mut submitted);
+            assert_eq!(canonical::canonicalize(&submitted).unwrap(), submitted);
+            assert_eq!(
+                Record::new(e, t1, "sec-17a-4-a".into()).digest,
+                merkle::sha256(submitted.as_bytes())
+            );
+        }
         assert_ne!(r1.leaf, r2.leaf);
         // Reordered keys and whitespace are the same content.
         let reordered: serde_json::Value = serde_json::from_str(GOOD).unwrap();

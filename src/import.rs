@@ -179,7 +179,11 @@ pub fn import(
         .clamp(1, 8);
     let max_line = archive.settings.events.max_event_bytes;
     let mut summary = ImportSummary::default();
-    let mut batcher = Batcher::new(archive.state.clone(), archive.settings.batch)?;
+    let mut batcher = Batcher::new(
+        archive.state.clone(),
+        archive.index.clone(),
+        archive.settings.batch,
+    )?;
     let ctx = archive.seal_context();
 
     // Upload what an earlier run left in the outbox, and keep uploading as batches commit.
@@ -215,53 +219,57 @@ pub fn import(
     let (commit_tx, commit_rx) = unbounded::<Result<u64, ImportError>>();
 
     let result: Result<(), ImportError> = std::thread::scope(|scope| {
-        let reader = scope.spawn(move || read_chunks(input, max_line, chunk_tx));
-        for _ in 0..workers {
+        let spawn = |name: String| std::thread::Builder::new().name(name);
+        let reader = spawn("wv-read".into())
+            .spawn_scoped(scope, move || read_chunks(input, max_line, chunk_tx))
+            .expect("thread");
+        for n in 0..workers {
             let (rx, tx) = (chunk_rx.clone(), parsed_tx.clone());
-            scope.spawn(move || parse_worker(archive, rx, tx));
+            spawn(format!("wv-parse-{n}"))
+                .spawn_scoped(scope, move || parse_worker(archive, rx, tx))
+                .expect("thread");
         }
         drop((chunk_rx, parsed_tx));
-        for _ in 0..workers {
+        for n in 0..workers {
             let (rx, tx, ctx) = (batch_rx.clone(), sealed_tx.clone(), ctx.clone());
-            scope.spawn(move || {
-                for batch in rx {
-                    if tx.send(seal(batch, &ctx, Timestamp::now())).is_err() {
-                        break;
+            spawn(format!("wv-seal-{n}"))
+                .spawn_scoped(scope, move || {
+                    for batch in rx {
+                        if tx.send(seal(batch, &ctx, Timestamp::now())).is_err() {
+                            break;
+                        }
                     }
-                }
-            });
+                })
+                .expect("thread");
         }
         drop((batch_rx, sealed_tx));
         let committer = {
-            let (state, wake) = (archive.state.clone(), wake.clone());
-            scope.spawn(move || commit_in_order(&state, sealed_rx, commit_tx, &wake))
+            let (state, index, wake) = (archive.state.clone(), archive.index.clone(), wake.clone());
+            spawn("wv-commit".into())
+                .spawn_scoped(scope, move || {
+                    commit_in_order(&state, &index, sealed_rx, commit_tx, &wake)
+                })
+                .expect("thread")
         };
 
         let mut fatal: Option<ImportError> = None;
         let mut waiting: BTreeMap<u64, Parsed> = BTreeMap::new();
         let mut next_chunk = 0u64;
         let mut index = 0u64;
-        let mut snapshot = archive.state.dedup_snapshot()?;
+
         'chunks: for parsed in parsed_rx.iter() {
             waiting.insert(parsed.no, parsed);
             while let Some(parsed) = waiting.remove(&next_chunk) {
                 next_chunk += 1;
                 // Batches committed since the last chunk are now in the on-disk index.
-                let mut any = false;
                 for c in commit_rx.try_iter() {
                     match c {
-                        Ok(idx) => {
-                            batcher.committed(idx);
-                            any = true;
-                        }
+                        Ok(idx) => batcher.committed(idx),
                         Err(e) => {
                             fatal = Some(e);
                             break 'chunks;
                         }
                     }
-                }
-                if any {
-                    snapshot = archive.state.dedup_snapshot()?;
                 }
                 summary.bytes += parsed.bytes;
                 for item in parsed.items {
@@ -272,11 +280,11 @@ pub fn import(
                             on_outcome(Outcome::Rejected(Rejection::new(line, index, error)));
                         }
                         Item::Ok { line, record, note } => {
-                            let event_id = record.event.event_id.clone();
-                            match batcher.admit(*record, &snapshot)? {
+                            let noted = note.map(|note| (record.event.event_id.clone(), note));
+                            match batcher.admit(record)? {
                                 Admission::Accepted { .. } => {
                                     summary.accepted += 1;
-                                    if let Some(note) = note {
+                                    if let Some((event_id, note)) = noted {
                                         on_outcome(Outcome::Noted {
                                             line,
                                             event_id,
@@ -284,11 +292,15 @@ pub fn import(
                                         });
                                     }
                                 }
-                                Admission::Duplicate => {
+                                Admission::Duplicate(record) => {
                                     summary.duplicates += 1;
-                                    on_outcome(Outcome::Duplicate { line, event_id });
+                                    on_outcome(Outcome::Duplicate {
+                                        line,
+                                        event_id: record.event.event_id,
+                                    });
                                 }
-                                Admission::Conflict => {
+                                Admission::Conflict(record) => {
+                                    let event_id = record.event.event_id;
                                     summary.rejected += 1;
                                     on_outcome(Outcome::Rejected(Rejection {
                                         line,
@@ -442,6 +454,7 @@ fn parse_worker(archive: &Archive, rx: Receiver<Chunk>, tx: Sender<Parsed>) {
 
 fn commit_in_order(
     state: &crate::state::State,
+    index: &crate::index::Index,
     rx: Receiver<Result<SealedBatch, crate::seal::SealError>>,
     tx: Sender<Result<u64, ImportError>>,
     wake: &tokio::sync::Notify,
@@ -459,7 +472,7 @@ fn commit_in_order(
         waiting.insert(sealed.entry.info.batch_idx, sealed);
         while let Some(n) = next {
             let Some(s) = waiting.remove(&n) else { break };
-            if let Err(e) = crate::seal::commit(state, s) {
+            if let Err(e) = crate::seal::commit(state, index, s) {
                 let _ = tx.send(Err(e.into()));
                 return Ok(());
             }
@@ -537,8 +550,12 @@ fn read_chunks(
             }
             continue;
         }
-        let rest = buf.split_off(cut);
-        let data = std::mem::replace(&mut buf, rest);
+        // The next chunk's buffer starts with the partial line after the cut, and has room
+        // for a whole chunk, so that filling it does not reallocate.
+        let mut next = Vec::with_capacity(CHUNK_BYTES + read_buf.len() + (buf.len() - cut));
+        next.extend_from_slice(&buf[cut..]);
+        buf.truncate(cut);
+        let data = std::mem::replace(&mut buf, next);
         has_newline = false;
         let mut lines = std::mem::take(&mut pending_too_long);
         let mut start = 0;

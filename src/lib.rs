@@ -15,7 +15,8 @@
 //! - [`upload`]: outbox → store, segment then manifest, idempotently.
 //! - [`store`]: the narrow write-once storage trait, with S3 and local backends.
 //! - [`layout`]: every object key, built in one place.
-//! - [`state`]: the writer's local state (idempotency index, counters, outbox, chain head).
+//! - [`index`]: the idempotency index (sorted runs on disk, a filter in memory).
+//! - [`state`]: the writer's local state (lane counters, outbox, chain head).
 //! - [`import`]: `wormvault archive FILE`, the file path through the pipeline.
 //! - [`archive`]: an archive opened for writing (settings + store + state + writer id).
 //! - [`config`], [`telemetry`], [`cli`], [`bench`]: the edges.
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod event;
 pub mod import;
+pub mod index;
 pub mod layout;
 pub mod manifest;
 pub mod merkle;

@@ -4,16 +4,17 @@
 //! fsync) and may run on any thread; [`commit`] must be called in `batch_idx` order. Only after
 //! the commit is the batch *sealed*: its events are in the idempotency index, its lane's
 //! numbering has advanced, and the upload can happen at any later time, as often as needed.
+//! The batch's idempotency run is written with its segment and published after the commit
+//! (see [`crate::index`] for why that order is crash-safe).
 
 use std::sync::Arc;
 
 use crate::batch::ClosedBatch;
+use crate::index::{Entry, Index, PendingRun, Seen, fingerprint};
 use crate::layout::WriterId;
 use crate::retention::RetentionPolicy;
 use crate::segment::{SegmentHeader, write_segment};
-use crate::state::{
-    DedupInsert, Lane, OutboxEntry, SealCommit, Seen, State, StateError, fingerprint,
-};
+use crate::state::{Lane, OutboxEntry, SealCommit, State, StateError};
 use crate::timestamp::{Day, Timestamp};
 
 /// A batch encoded and in the outbox, not yet committed.
@@ -21,7 +22,7 @@ pub struct SealedBatch {
     pub entry: OutboxEntry,
     pub lane: Lane,
     pub lane_next_seq: u64,
-    dedup: Vec<DedupInsert>,
+    run: PendingRun,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,11 @@ pub enum SealError {
     },
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("writing the idempotency index run of batch {batch_idx}: {source}")]
+    Index {
+        batch_idx: u64,
+        source: std::io::Error,
+    },
 }
 
 /// What sealing needs to know besides the batch.
@@ -43,6 +49,7 @@ pub struct SealContext {
     /// Idempotency window in days.
     pub window_days: u32,
     pub state: Arc<State>,
+    pub index: Arc<Index>,
 }
 
 /// Encodes a closed batch and writes it to the outbox (fsynced).
@@ -69,22 +76,26 @@ pub fn seal(
     ctx.state
         .write_outbox_file(batch.batch_idx, &sealed.bytes)?;
     let today = now.day();
-    let dedup = batch
+    let entries = batch
         .records
         .iter()
         .map(|r| {
             let from = r.event.occurred_at.day().max(today);
-            DedupInsert {
+            let expires =
+                Day::from_days_since_epoch(from.days_since_epoch() + ctx.window_days as i32);
+            Entry {
                 fingerprint: fingerprint(&r.event.event_id),
-                seen: Seen {
-                    digest: r.digest[..16].try_into().expect("16"),
-                    expires: Day::from_days_since_epoch(
-                        from.days_since_epoch() + ctx.window_days as i32,
-                    ),
-                },
+                seen: Seen::new(&r.digest, expires),
             }
         })
         .collect();
+    let run = ctx
+        .index
+        .write_run(batch.lane.day, batch.batch_idx, entries)
+        .map_err(|source| SealError::Index {
+            batch_idx: batch.batch_idx,
+            source,
+        })?;
     let n = batch.records.len() as u64;
     Ok(SealedBatch {
         entry: OutboxEntry {
@@ -99,17 +110,21 @@ pub fn seal(
         },
         lane: batch.lane,
         lane_next_seq: batch.first_seq + n,
-        dedup,
+        run,
     })
 }
 
-/// Commits a sealed batch to the state (in `batch_idx` order).
-pub fn commit(state: &State, sealed: SealedBatch) -> Result<OutboxEntry, StateError> {
+/// Commits a sealed batch to the state (in `batch_idx` order), then makes its idempotency
+/// run visible.
+pub fn commit(state: &State, index: &Index, sealed: SealedBatch) -> Result<OutboxEntry, SealError> {
     state.commit_seal(SealCommit {
         entry: &sealed.entry,
         lane: &sealed.lane,
         lane_next_seq: sealed.lane_next_seq,
-        dedup: sealed.dedup,
     })?;
+    let batch_idx = sealed.entry.info.batch_idx;
+    index
+        .publish(sealed.run)
+        .map_err(|source| SealError::Index { batch_idx, source })?;
     Ok(sealed.entry)
 }

@@ -205,10 +205,12 @@ pub fn info_from_footer(kv: &[KeyValue]) -> Result<SegmentInfo, String> {
 }
 
 /// Encodes a batch of records (in sequence order) as a segment.
-pub fn write_segment(
+pub fn write_segment<R: std::borrow::Borrow<Record>>(
     header: &SegmentHeader,
-    records: &[Record],
+    records: &[R],
 ) -> Result<SealedSegment, parquet::errors::ParquetError> {
+    let records: Vec<&Record> = records.iter().map(|r| r.borrow()).collect();
+    let records = records.as_slice();
     assert!(!records.is_empty(), "a segment holds at least one event");
     let leaves: Vec<Hash> = records.iter().map(|r| r.leaf).collect();
     let info = SegmentInfo {
@@ -259,9 +261,9 @@ pub fn md5_digest(data: &[u8]) -> [u8; 16] {
     md5::Md5::digest(data).into()
 }
 
-fn to_record_batch(schema: &SchemaRef, first_seq: u64, records: &[Record]) -> RecordBatch {
+fn to_record_batch(schema: &SchemaRef, first_seq: u64, records: &[&Record]) -> RecordBatch {
     let n = records.len();
-    let text_cap = |f: fn(&Record) -> usize| records.iter().map(f).sum::<usize>();
+    let text_cap = |f: fn(&Record) -> usize| records.iter().map(|r| f(r)).sum::<usize>();
     let mut seq = Int64Builder::with_capacity(n);
     let mut event_id = StringBuilder::with_capacity(n, text_cap(|r| r.event.event_id.len()));
     let mut occurred = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");

@@ -4,22 +4,22 @@
 //! ```text
 //! {state_dir}/state.redb                       the database below
 //! {state_dir}/outbox/{batch_idx:012}.parquet   sealed segment bytes awaiting upload
+//! {state_dir}/index/                           the idempotency index (crate::index)
 //! ```
 //!
 //! Tables:
 //!
 //! | table    | key                         | value                                         |
 //! |----------|-----------------------------|-----------------------------------------------|
-//! | `meta`   | name                        | JSON: `writer_id`, `next_batch_idx`, `chain_head`, `last_purge_day` |
+//! | `meta`   | name                        | JSON: `writer_id`, `next_batch_idx`, `chain_head` |
 //! | `lanes`  | `YYYY-MM-DD/{class}`        | next sequence number of that lane (u64)       |
-//! | `dedup`  | SHA-256(event_id)[0..16]    | content digest[0..16] ‖ expires day (i32 LE)   |
 //! | `outbox` | batch_idx (u64)             | JSON [`OutboxEntry`]                          |
 //!
-//! Sealing a batch is one transaction: the batch's idempotency entries, its lane's next
-//! sequence, the next batch index and its outbox entry commit together, after the segment
-//! file is fsynced. A crash before the commit leaves no trace but an unreferenced outbox file
-//! (removed at the next open); after it, the upload resumes from the outbox. The idempotency
-//! index is on disk with a bounded cache, so memory does not grow with the window.
+//! Sealing a batch is one transaction: its lane's next sequence, the next batch index and
+//! its outbox entry commit together, after the segment file and the batch's idempotency run
+//! ([`crate::index`]) are fsynced. A crash before the commit leaves only files that no
+//! committed batch references (removed at the next open); after it, the upload resumes from
+//! the outbox.
 
 use std::fs;
 use std::io::{self, Write};
@@ -34,7 +34,6 @@ use crate::timestamp::{Day, Timestamp};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const LANES: TableDefinition<&str, u64> = TableDefinition::new("lanes");
-const DEDUP: TableDefinition<&[u8; 16], &[u8; 20]> = TableDefinition::new("dedup");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 
 /// A lane: the events of one UTC day and one retention class, numbered from 1.
@@ -47,43 +46,6 @@ pub struct Lane {
 impl Lane {
     fn key(&self) -> String {
         format!("{}/{}", self.day, self.class)
-    }
-}
-
-/// The first 16 bytes of SHA-256(event_id): the idempotency index key.
-pub type Fingerprint = [u8; 16];
-
-pub fn fingerprint(event_id: &str) -> Fingerprint {
-    let h = crate::merkle::sha256(event_id.as_bytes());
-    h[..16].try_into().expect("16 bytes")
-}
-
-/// What the idempotency index remembers of an archived event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Seen {
-    /// The first 16 bytes of the content digest.
-    pub digest: [u8; 16],
-    /// The entry may be purged after this day.
-    pub expires: Day,
-}
-
-impl Seen {
-    fn encode(&self) -> [u8; 20] {
-        let mut v = [0u8; 20];
-        v[..16].copy_from_slice(&self.digest);
-        v[16..].copy_from_slice(&self.expires.days_since_epoch().to_le_bytes());
-        v
-    }
-
-    fn decode(v: &[u8; 20]) -> Seen {
-        Seen {
-            digest: v[..16].try_into().expect("16"),
-            expires: Day::from_days_since_epoch(i32::from_le_bytes(v[16..].try_into().expect("4"))),
-        }
-    }
-
-    pub fn matches(&self, digest: &Hash) -> bool {
-        self.digest == digest[..16]
     }
 }
 
@@ -114,18 +76,11 @@ pub struct OutboxEntry {
     pub attempts: u32,
 }
 
-/// One event of a batch being committed to the idempotency index.
-pub struct DedupInsert {
-    pub fingerprint: Fingerprint,
-    pub seen: Seen,
-}
-
 /// Everything a seal commits at once.
 pub struct SealCommit<'a> {
     pub entry: &'a OutboxEntry,
     pub lane: &'a Lane,
     pub lane_next_seq: u64,
-    pub dedup: Vec<DedupInsert>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,17 +112,6 @@ impl std::fmt::Debug for State {
     }
 }
 
-/// A consistent snapshot of the idempotency index.
-pub struct DedupSnapshot {
-    table: redb::ReadOnlyTable<&'static [u8; 16], &'static [u8; 20]>,
-}
-
-impl DedupSnapshot {
-    pub fn get(&self, fp: &Fingerprint) -> Result<Option<Seen>, redb::Error> {
-        Ok(self.table.get(fp)?.map(|v| Seen::decode(v.value())))
-    }
-}
-
 impl State {
     /// Opens (creating) the state in `dir` with a page cache of `cache_bytes`.
     pub fn open(dir: &Path, cache_bytes: usize) -> Result<State> {
@@ -194,7 +138,6 @@ impl State {
         state.write(|txn| {
             txn.open_table(META)?;
             txn.open_table(LANES)?;
-            txn.open_table(DEDUP)?;
             txn.open_table(OUTBOX)?;
             Ok(())
         })?;
@@ -280,13 +223,6 @@ impl State {
         })
     }
 
-    /// A snapshot of the idempotency index. Take a new one after learning of a commit.
-    pub fn dedup_snapshot(&self) -> Result<DedupSnapshot> {
-        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        let table = txn.open_table(DEDUP).map_err(|e| self.db_err(e))?;
-        Ok(DedupSnapshot { table })
-    }
-
     /// Where a sealed segment's bytes wait for upload.
     pub fn outbox_path(&self, batch_idx: u64) -> PathBuf {
         self.dir
@@ -315,10 +251,9 @@ impl State {
         fs::read(&path).map_err(|source| StateError::Io { path, source })
     }
 
-    /// Commits a sealed batch: idempotency entries (inserted in key order), the lane's next
-    /// sequence, the next batch index and the outbox entry. Batches must commit in
-    /// `batch_idx` order; anything else is a bug and is refused.
-    pub fn commit_seal(&self, mut commit: SealCommit<'_>) -> Result<()> {
+    /// Commits a sealed batch: the lane's next sequence, the next batch index and the outbox
+    /// entry. Batches must commit in `batch_idx` order; anything else is a bug and is refused.
+    pub fn commit_seal(&self, commit: SealCommit<'_>) -> Result<()> {
         let expected = self.next_batch_idx()?;
         let idx = commit.entry.info.batch_idx;
         if idx != expected {
@@ -326,15 +261,8 @@ impl State {
                 "batch {idx} committed out of order; expected {expected}"
             )));
         }
-        commit.dedup.sort_unstable_by_key(|d| d.fingerprint);
         let entry = serde_json::to_vec(commit.entry).expect("serializable");
         self.write(|txn| {
-            {
-                let mut dedup = txn.open_table(DEDUP)?;
-                for d in &commit.dedup {
-                    dedup.insert(&d.fingerprint, &d.seen.encode())?;
-                }
-            }
             txn.open_table(LANES)?
                 .insert(commit.lane.key().as_str(), commit.lane_next_seq)?;
             txn.open_table(OUTBOX)?.insert(idx, entry.as_slice())?;
@@ -385,25 +313,6 @@ impl State {
         }
     }
 
-    /// Drops idempotency entries that expired before `today`, at most once a day. Returns how
-    /// many were dropped.
-    pub fn purge_expired(&self, today: Day) -> Result<u64> {
-        let last: Option<Day> = self.meta("last_purge_day")?;
-        if last.is_some_and(|d| d >= today) {
-            return Ok(0);
-        }
-        self.write(|txn| {
-            let mut removed = 0u64;
-            txn.open_table(DEDUP)?.retain(|_, v| {
-                let keep = Seen::decode(v).expires >= today;
-                removed += u64::from(!keep);
-                keep
-            })?;
-            Self::put_meta_in(txn, "last_purge_day", &today)?;
-            Ok(removed)
-        })
-    }
-
     fn remove_unreferenced_outbox_files(&self) -> Result<()> {
         let referenced: std::collections::HashSet<u64> =
             self.outbox()?.iter().map(|e| e.info.batch_idx).collect();
@@ -431,7 +340,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seen_round_trips_and_purge_respects_expiry() {
+    fn seals_commit_in_order_and_uploads_complete() {
         let dir = tempfile::tempdir().unwrap();
         let state = State::open(dir.path(), 1 << 20).unwrap();
         let today = Day::parse("2026-11-22").unwrap();
@@ -463,26 +372,12 @@ mod tests {
             manifest: None,
             attempts: 0,
         };
-        let seen = |d: i32| Seen {
-            digest: [7; 16],
-            expires: Day::from_days_since_epoch(today.days_since_epoch() + d),
-        };
         state.write_outbox_file(0, b"abc").unwrap();
         state
             .commit_seal(SealCommit {
                 entry: &entry,
                 lane: &lane,
                 lane_next_seq: 3,
-                dedup: vec![
-                    DedupInsert {
-                        fingerprint: fingerprint("old"),
-                        seen: seen(-1),
-                    },
-                    DedupInsert {
-                        fingerprint: fingerprint("new"),
-                        seen: seen(0),
-                    },
-                ],
             })
             .unwrap();
         assert!(
@@ -490,23 +385,14 @@ mod tests {
                 .commit_seal(SealCommit {
                     entry: &entry,
                     lane: &lane,
-                    lane_next_seq: 3,
-                    dedup: vec![]
+                    lane_next_seq: 3
                 })
-                .is_err()
+                .is_err(),
+            "out of order"
         );
         assert_eq!(state.next_batch_idx().unwrap(), 1);
         assert_eq!(state.lane_next_seq(&lane).unwrap(), 3);
         assert_eq!(state.outbox().unwrap(), vec![entry]);
-        let snap = state.dedup_snapshot().unwrap();
-        assert_eq!(snap.get(&fingerprint("new")).unwrap(), Some(seen(0)));
-        drop(snap);
-        assert_eq!(state.purge_expired(today).unwrap(), 1);
-        assert_eq!(state.purge_expired(today).unwrap(), 0, "once a day");
-        let snap = state.dedup_snapshot().unwrap();
-        assert_eq!(snap.get(&fingerprint("old")).unwrap(), None);
-        assert!(snap.get(&fingerprint("new")).unwrap().is_some());
-        drop(snap);
         // A second process cannot open the same state.
         assert!(matches!(
             State::open(dir.path(), 1 << 20),

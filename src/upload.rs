@@ -96,9 +96,15 @@ impl Uploader {
                     batch_idx: info.batch_idx,
                 });
             }
-            let req = PutRequest::new(
+            let mut md5 = [0u8; 16];
+            hex::decode_to_slice(&entry.md5, &mut md5).map_err(|_| UploadError::Corrupt {
+                batch_idx: info.batch_idx,
+            })?;
+            let req = PutRequest::with_digests(
                 segment_key.clone(),
                 bytes,
+                entry.sha256,
+                md5,
                 info.retain_until,
                 "application/vnd.apache.parquet",
             );

@@ -61,6 +61,25 @@ impl PutRequest {
             content_type,
         }
     }
+
+    /// A request for bytes whose digests are already known (and were checked by the caller).
+    pub fn with_digests(
+        key: String,
+        body: Bytes,
+        sha256: Hash,
+        md5: [u8; 16],
+        retain_until: Timestamp,
+        content_type: &'static str,
+    ) -> PutRequest {
+        PutRequest {
+            key,
+            body,
+            retain_until,
+            sha256,
+            md5,
+            content_type,
+        }
+    }
 }
 
 /// What the store confirmed about a sealed object.
