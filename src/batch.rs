@@ -69,6 +69,19 @@ pub enum Admission {
     Conflict(Box<Record>),
 }
 
+/// The outcome of [`Batcher::reserve`].
+#[derive(Debug)]
+pub enum Reserved {
+    /// New: numbered `seq` in `lane`; place or roll back.
+    New {
+        lane: Lane,
+        seq: u64,
+        record: Box<Record>,
+    },
+    Duplicate(Box<Record>),
+    Conflict(Box<Record>),
+}
+
 /// A batch ready to be sealed.
 #[derive(Debug)]
 pub struct ClosedBatch {
@@ -130,8 +143,22 @@ impl Batcher {
         })
     }
 
-    /// Admits one record.
+    /// Admits one record: [`Batcher::reserve`] and, if it is new, [`Batcher::place`].
     pub fn admit(&mut self, record: Box<Record>) -> Result<Admission, StateError> {
+        match self.reserve(record)? {
+            Reserved::New { lane, seq, record } => {
+                self.place(lane.clone(), seq, record);
+                Ok(Admission::Accepted { lane, seq })
+            }
+            Reserved::Duplicate(r) => Ok(Admission::Duplicate(r)),
+            Reserved::Conflict(r) => Ok(Admission::Conflict(r)),
+        }
+    }
+
+    /// Checks idempotency and gives a new event the next number of its lane, without placing
+    /// it in a batch yet: the daemon first makes it durable in the spool. Reservations must be
+    /// placed, or rolled back, in the order they were made.
+    pub fn reserve(&mut self, record: Box<Record>) -> Result<Reserved, StateError> {
         let fp = fingerprint(&record.event.event_id);
         let day = record.event.occurred_at.day();
         let prior = match self.pending.get(&fp) {
@@ -147,9 +174,9 @@ impl Batcher {
         };
         if let Some(digest) = prior {
             return Ok(if digest == record.digest[..12] {
-                Admission::Duplicate(record)
+                Reserved::Duplicate(record)
             } else {
-                Admission::Conflict(record)
+                Reserved::Conflict(record)
             });
         }
         let lane = Lane {
@@ -167,6 +194,28 @@ impl Batcher {
         *seq += 1;
         self.pending
             .insert(fp, record.digest[..12].try_into().expect("12"));
+        Ok(Reserved::New {
+            lane,
+            seq: this_seq,
+            record,
+        })
+    }
+
+    /// Undoes the most recent reservations (those not placed), e.g. after a failed spool
+    /// write: their fingerprints are forgotten and their lanes' numbering goes back, so no
+    /// lane gets a gap.
+    pub fn rollback(&mut self, reserved: &[(Lane, u64, Fingerprint)]) {
+        for (lane, seq, fp) in reserved {
+            self.pending.remove(fp);
+            if let Some(next) = self.next_seq.get_mut(lane) {
+                *next = (*next).min(*seq);
+            }
+        }
+    }
+
+    /// Places a reserved record into its lane's open batch, closing batches as the limits say.
+    pub fn place(&mut self, lane: Lane, seq: u64, record: Box<Record>) {
+        let this_seq = seq;
         let weight = record.weight();
         self.open_bytes += weight;
         let batch = self.open.entry(lane.clone()).or_insert_with(|| OpenBatch {
@@ -175,6 +224,11 @@ impl Batcher {
             bytes: 0,
             opened: Instant::now(),
         });
+        debug_assert_eq!(
+            batch.first_seq + batch.records.len() as u64,
+            this_seq,
+            "placed out of order"
+        );
         batch.records.push(record);
         batch.bytes += weight;
         if batch.records.len() >= self.limits.max_events || batch.bytes >= self.limits.max_bytes {
@@ -191,10 +245,6 @@ impl Batcher {
                 None => break,
             }
         }
-        Ok(Admission::Accepted {
-            lane,
-            seq: this_seq,
-        })
     }
 
     fn close(&mut self, lane: &Lane) {
@@ -269,5 +319,22 @@ impl Batcher {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
+    }
+
+    /// The index the next closed batch will get.
+    pub fn next_batch_idx(&self) -> u64 {
+        self.next_batch_idx
+    }
+
+    /// The next sequence number of a lane (including reserved and open events).
+    pub fn next_seq(&mut self, lane: &Lane) -> Result<u64, StateError> {
+        match self.next_seq.get(lane) {
+            Some(s) => Ok(*s),
+            None => {
+                let s = self.state.lane_next_seq(lane)?;
+                self.next_seq.insert(lane.clone(), s);
+                Ok(s)
+            }
+        }
     }
 }

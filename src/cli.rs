@@ -46,6 +46,19 @@ pub enum Command {
         #[arg(long)]
         verbose: bool,
     },
+    /// Run the daemon: HTTP ingest with a durable spool, batching, uploads, health and
+    /// metrics. Without configuration it uses the local development store under the working
+    /// directory and a development token written to the state directory.
+    Serve,
+    /// Create a bearer token: prints the secret (once) and the configuration entry with its hash.
+    Token {
+        /// Who will hold it, e.g. `trade-capture` (appears in logs and audit records).
+        #[arg(long)]
+        name: String,
+        /// Roles: ingest, compliance, admin (repeat for several).
+        #[arg(long = "role", value_enum, required = true)]
+        roles: Vec<RoleArg>,
+    },
     /// Upload sealed batches still waiting in the local outbox (after a store outage).
     Upload,
     /// Configuration.
@@ -54,6 +67,23 @@ pub enum Command {
     /// Benchmarks (see docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoleArg {
+    Ingest,
+    Compliance,
+    Admin,
+}
+
+impl From<RoleArg> for crate::auth::Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Ingest => crate::auth::Role::Ingest,
+            RoleArg::Compliance => crate::auth::Role::Compliance,
+            RoleArg::Admin => crate::auth::Role::Admin,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,6 +108,31 @@ pub enum BenchCommand {
         days: u32,
         #[arg(long, default_value_t = 42)]
         seed: u64,
+    },
+    /// Start the daemon on a fresh local store (or the given S3 settings), load it over HTTP,
+    /// and report sustained events/s, acknowledgement latency, fsyncs and peak RSS.
+    Ingest {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// Events per request.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Events per second of the paced latency phase (0 skips it).
+        #[arg(long, default_value_t = 50_000)]
+        rate: u64,
+        /// Length of the paced phase.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Archive to this S3 endpoint (with --bucket) instead of a local store.
+        #[arg(long)]
+        s3_endpoint: Option<String>,
+        #[arg(long)]
+        bucket: Option<String>,
+        /// Work directory (default: a new temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Single-thread cost of each pipeline stage, in microseconds per event.
     Stages {
@@ -121,6 +176,21 @@ pub fn run(cli: Cli) -> ExitCode {
             };
             upload_cmd(settings)
         }
+        Command::Serve => {
+            let Ok(settings) = load_settings(cli.config.as_deref()) else {
+                return ExitCode::from(2);
+            };
+            let rt = runtime();
+            match rt.block_on(crate::server::serve(settings, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "The daemon stopped.");
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Token { name, roles } => token_cmd(&name, &roles),
         Command::Bench(BenchCommand::Gen {
             events,
             out,
@@ -148,6 +218,46 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Bench(BenchCommand::Archive { events, dir }) => bench_archive(events, dir),
+        Command::Bench(BenchCommand::Ingest {
+            events,
+            connections,
+            batch,
+            rate,
+            seconds,
+            s3_endpoint,
+            bucket,
+            dir,
+        }) => {
+            let tmp = tempfile::TempDir::new().expect("temporary directory");
+            let store_toml = match (s3_endpoint, bucket) {
+                (Some(endpoint), Some(bucket)) => {
+                    format!(
+                        "[store]\nkind = \"s3\"\n[store.s3]\nbucket = {bucket:?}\nendpoint = {endpoint:?}\n"
+                    )
+                }
+                (None, None) => String::new(),
+                _ => {
+                    eprintln!("error: --s3-endpoint and --bucket go together");
+                    return ExitCode::from(2);
+                }
+            };
+            let opts = crate::loadgen::IngestBench {
+                events,
+                connections,
+                batch,
+                paced_rate: rate,
+                paced_seconds: seconds,
+                store_toml,
+                dir: dir.unwrap_or_else(|| tmp.path().to_owned()),
+            };
+            match crate::loadgen::run_ingest_bench(&opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Bench(BenchCommand::Stages { events }) => {
             println!("single-thread cost per event over {events} generated events (best of 3):");
             let mut total = 0.0;
@@ -164,6 +274,39 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("Received SIGTERM."),
+        _ = int.recv() => tracing::info!("Received SIGINT."),
+    }
+}
+
+fn token_cmd(name: &str, roles: &[RoleArg]) -> ExitCode {
+    let (secret, hash) = match crate::auth::generate() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: reading random bytes: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let roles: Vec<String> = roles
+        .iter()
+        .map(|r| format!("{:?}", crate::auth::Role::from(*r).as_str()))
+        .collect();
+    println!("# The token for {name:?}; it is shown once and not stored anywhere:");
+    println!("#   {secret}");
+    println!("# Add this to the daemon's configuration (it holds only the hash):");
+    println!("[[auth.tokens]]");
+    println!("name = {name:?}");
+    println!("sha256 = \"{hash}\"");
+    println!("roles = [{}]", roles.join(", "));
+    ExitCode::SUCCESS
 }
 
 fn load_settings(path: Option<&std::path::Path>) -> Result<Settings, ExitCode> {

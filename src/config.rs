@@ -46,6 +46,75 @@ pub struct WormvaultConfig {
     pub idempotency: IdempotencyConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    #[serde(default)]
+    pub upload: UploadConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// `[server]`: the daemon's HTTP endpoint.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on. Default: `127.0.0.1:8440`.
+    pub listen: Option<String>,
+    /// Largest request body; larger requests get 413. Default: 16 MiB.
+    pub max_body: Option<ByteSize>,
+    /// PEM certificate chain; with `tls_key`, the daemon serves HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// On SIGTERM, how long to wait for open batches to be sealed and uploaded before exiting
+    /// anyway (what is not uploaded stays safely in the spool and outbox). Default: 30s.
+    pub drain_timeout: Option<String>,
+}
+
+/// `[spool]`: the durable log of acknowledged events.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Largest spool; beyond it new events get 429 with Retry-After (back-pressure instead of
+    /// a full disk). Default: 2 GiB.
+    pub max_bytes: Option<ByteSize>,
+    /// Size at which a spool file is closed and a new one started. Default: 64 MiB.
+    pub file_bytes: Option<ByteSize>,
+}
+
+/// `[upload]`: retrying the store.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadConfig {
+    /// First delay after a failed upload (then doubling, with jitter). Default: 500ms.
+    pub backoff_initial: Option<String>,
+    /// Longest delay between attempts. Default: 60s.
+    pub backoff_max: Option<String>,
+    /// `/readyz` requires the bucket's default COMPLIANCE retention to be at least this many
+    /// days. Default: 1.
+    pub min_default_retention_days: Option<u32>,
+}
+
+/// `[auth]`: bearer tokens. Only SHA-256 hashes are configured; `wormvault token` makes them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// `[[auth.tokens]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds the token (appears in logs and audit records), e.g. `"trade-capture"`.
+    pub name: String,
+    /// SHA-256 of the token, lower-case hex.
+    pub sha256: String,
+    /// Any of `ingest`, `compliance`, `admin`.
+    pub roles: Vec<crate::auth::Role>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -277,6 +346,20 @@ pub struct EventSettings {
     pub max_future_skew: Duration,
 }
 
+/// The daemon's resolved settings.
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    pub listen: String,
+    pub max_body: usize,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub drain_timeout: Duration,
+    pub spool_max_bytes: u64,
+    pub spool_file_bytes: u64,
+    pub backoff: crate::pipeline::Backoff,
+    pub min_default_retention_days: u32,
+    pub tokens: Vec<crate::auth::Token>,
+}
+
 /// The resolved, validated configuration.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -291,6 +374,7 @@ pub struct Settings {
     pub window_days: u32,
     pub index_filter_bytes: usize,
     pub retention: Arc<RetentionPolicy>,
+    pub server: ServerSettings,
 }
 
 /// A configuration problem, with the key it concerns.
@@ -481,6 +565,49 @@ impl Settings {
             .collect();
         let retention = RetentionPolicy::new(classes, rules, c.retention.default_class)
             .map_err(|m| err(format!("retention: {m}")))?;
+        let tls = match (c.server.tls_cert, c.server.tls_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err(err("server.tls_cert and server.tls_key go together".into())),
+        };
+        let mut tokens = Vec::new();
+        for t in c.auth.tokens {
+            tokens.push(
+                crate::auth::Token::new(&t.name, &t.sha256, &t.roles)
+                    .map_err(|m| err(format!("auth.tokens: {m}")))?,
+            );
+        }
+        let server = ServerSettings {
+            listen: c.server.listen.unwrap_or_else(|| "127.0.0.1:8440".into()),
+            max_body: c.server.max_body.map_or(16 << 20, |b| b.0) as usize,
+            tls,
+            drain_timeout: dur(
+                "server.drain_timeout",
+                &c.server.drain_timeout,
+                Duration::from_secs(30),
+            )?,
+            spool_max_bytes: c.spool.max_bytes.map_or(2 << 30, |b| b.0),
+            spool_file_bytes: c.spool.file_bytes.map_or(64 << 20, |b| b.0).max(4096),
+            backoff: crate::pipeline::Backoff {
+                initial: dur(
+                    "upload.backoff_initial",
+                    &c.upload.backoff_initial,
+                    Duration::from_millis(500),
+                )?,
+                max: dur(
+                    "upload.backoff_max",
+                    &c.upload.backoff_max,
+                    Duration::from_secs(60),
+                )?,
+            },
+            min_default_retention_days: c.upload.min_default_retention_days.unwrap_or(1),
+            tokens,
+        };
+        if server.max_body < max_event_bytes {
+            return Err(err(
+                "server.max_body must be at least events.max_event_bytes".into(),
+            ));
+        }
         Ok(Settings {
             writer_id,
             state_dir: c.state_dir.unwrap_or_else(|| "wormvault-state".into()),
@@ -491,6 +618,7 @@ impl Settings {
             window_days,
             index_filter_bytes: c.idempotency.filter.map_or(16 << 20, |b| b.0) as usize,
             retention: Arc::new(retention),
+            server,
             origin,
         })
     }
@@ -565,6 +693,45 @@ impl Settings {
         }
         for r in self.retention.rules() {
             let _ = writeln!(s, "  rule  {:<16} -> {}", r.pattern, r.class);
+        }
+        let v = &self.server;
+        let _ = writeln!(
+            s,
+            "server           {}{} | body up to {} bytes | drain {}",
+            if v.tls.is_some() {
+                "https://"
+            } else {
+                "http://"
+            },
+            v.listen,
+            v.max_body,
+            format_duration(v.drain_timeout)
+        );
+        let _ = writeln!(
+            s,
+            "spool            up to {} bytes, files of {} bytes",
+            v.spool_max_bytes, v.spool_file_bytes
+        );
+        let _ = writeln!(
+            s,
+            "upload           backoff {} .. {}; ready needs default retention >= {} days",
+            format_duration(v.backoff.initial),
+            format_duration(v.backoff.max),
+            v.min_default_retention_days
+        );
+        if v.tokens.is_empty() {
+            let _ = writeln!(
+                s,
+                "auth             no tokens: `serve` on the development store makes a local one"
+            );
+        }
+        for t in &v.tokens {
+            let _ = writeln!(
+                s,
+                "auth             token {:?} roles {}",
+                t.name,
+                t.roles_text()
+            );
         }
         s
     }

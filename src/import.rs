@@ -21,12 +21,12 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::archive::Archive;
-use crate::batch::{Admission, Batcher, ClosedBatch};
+use crate::batch::{Admission, Batcher};
 use crate::event::{EventError, Record, RejectKind, parse_event};
-use crate::seal::{SealedBatch, seal};
+use crate::pipeline::SealPipeline;
 use crate::timestamp::Timestamp;
 use crate::upload::Uploaded;
 
@@ -164,6 +164,20 @@ impl Default for UploadPatience {
     }
 }
 
+/// Collects what the background uploader confirmed.
+#[derive(Default)]
+struct Collect(std::sync::Mutex<Vec<Uploaded>>);
+
+impl crate::pipeline::UploadObserver for Collect {
+    fn uploaded(&self, batch: &Uploaded) {
+        self.0.lock().expect("lock").push(batch.clone());
+    }
+
+    fn failed(&self, error: &crate::upload::UploadError, failures: u32) {
+        tracing::warn!(error = %error, failures, "Upload failed; sealed batches stay in the outbox and will be retried.");
+    }
+}
+
 /// Imports NDJSON from `input`. `on_outcome` sees every rejection, duplicate and note as it
 /// happens. Uploads run on `rt`.
 pub fn import(
@@ -184,39 +198,29 @@ pub fn import(
         archive.index.clone(),
         archive.settings.batch,
     )?;
-    let ctx = archive.seal_context();
 
     // Upload what an earlier run left in the outbox, and keep uploading as batches commit.
     let uploader = archive.uploader();
     let wake = Arc::new(tokio::sync::Notify::new());
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let background = {
-        let (uploader, wake, done) = (uploader.clone(), wake.clone(), done.clone());
-        rt.spawn(async move {
-            let mut uploaded = Vec::new();
-            loop {
-                let (batch, result) = uploader.drain().await;
-                uploaded.extend(batch);
-                if let Err(e) = &result {
-                    tracing::warn!(error = %e, "Upload failed; sealed batches stay in the outbox and will be retried.");
-                }
-                if done.load(std::sync::atomic::Ordering::Acquire) {
-                    return uploaded;
-                }
-                if result.is_err() {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                } else {
-                    wake.notified().await;
-                }
-            }
-        })
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let collected = Arc::new(Collect::default());
+    let background = rt.spawn(crate::pipeline::run_uploader(
+        uploader.clone(),
+        wake.clone(),
+        stop.clone(),
+        crate::pipeline::Backoff {
+            initial: patience.first_backoff,
+            max: Duration::from_secs(5),
+        },
+        collected.clone(),
+    ));
+    let pipeline = {
+        let wake = wake.clone();
+        SealPipeline::start(archive, workers, move |_| wake.notify_one())
     };
 
     let (chunk_tx, chunk_rx) = bounded::<Chunk>(workers * 2);
     let (parsed_tx, parsed_rx) = bounded::<Parsed>(workers * 2);
-    let (batch_tx, batch_rx) = bounded::<ClosedBatch>(1);
-    let (sealed_tx, sealed_rx) = bounded::<Result<SealedBatch, crate::seal::SealError>>(workers);
-    let (commit_tx, commit_rx) = unbounded::<Result<u64, ImportError>>();
 
     let result: Result<(), ImportError> = std::thread::scope(|scope| {
         let spawn = |name: String| std::thread::Builder::new().name(name);
@@ -230,45 +234,21 @@ pub fn import(
                 .expect("thread");
         }
         drop((chunk_rx, parsed_tx));
-        for n in 0..workers {
-            let (rx, tx, ctx) = (batch_rx.clone(), sealed_tx.clone(), ctx.clone());
-            spawn(format!("wv-seal-{n}"))
-                .spawn_scoped(scope, move || {
-                    for batch in rx {
-                        if tx.send(seal(batch, &ctx, Timestamp::now())).is_err() {
-                            break;
-                        }
-                    }
-                })
-                .expect("thread");
-        }
-        drop((batch_rx, sealed_tx));
-        let committer = {
-            let (state, index, wake) = (archive.state.clone(), archive.index.clone(), wake.clone());
-            spawn("wv-commit".into())
-                .spawn_scoped(scope, move || {
-                    commit_in_order(&state, &index, sealed_rx, commit_tx, &wake)
-                })
-                .expect("thread")
-        };
 
-        let mut fatal: Option<ImportError> = None;
         let mut waiting: BTreeMap<u64, Parsed> = BTreeMap::new();
         let mut next_chunk = 0u64;
         let mut index = 0u64;
-
+        let mut stopped = false;
         'chunks: for parsed in parsed_rx.iter() {
             waiting.insert(parsed.no, parsed);
             while let Some(parsed) = waiting.remove(&next_chunk) {
                 next_chunk += 1;
                 // Batches committed since the last chunk are now in the on-disk index.
-                for c in commit_rx.try_iter() {
-                    match c {
-                        Ok(idx) => batcher.committed(idx),
-                        Err(e) => {
-                            fatal = Some(e);
-                            break 'chunks;
-                        }
+                match pipeline.drain_committed() {
+                    Ok(done) => done.into_iter().for_each(|idx| batcher.committed(idx)),
+                    Err(_) => {
+                        stopped = true;
+                        break 'chunks;
                     }
                 }
                 summary.bytes += parsed.bytes;
@@ -300,18 +280,12 @@ pub fn import(
                                     });
                                 }
                                 Admission::Conflict(record) => {
-                                    let event_id = record.event.event_id;
                                     summary.rejected += 1;
-                                    on_outcome(Outcome::Rejected(Rejection {
+                                    on_outcome(Outcome::Rejected(conflict(
                                         line,
                                         index,
-                                        event_id: Some(event_id),
-                                        kind: RejectKind::Conflict,
-                                        field: None,
-                                        reason: "this event_id was already archived with different content; \
-                                                 archived records are never changed (send a new event_id)"
-                                            .into(),
-                                    }));
+                                        record.event.event_id,
+                                    )));
                                 }
                             }
                         }
@@ -319,40 +293,32 @@ pub fn import(
                     index += 1;
                 }
                 for batch in batcher.take_closed() {
-                    if batch_tx.send(batch).is_err() {
+                    if pipeline.submit(batch).is_err() {
+                        stopped = true;
                         break 'chunks;
                     }
                 }
             }
         }
         drop(parsed_rx);
-        if fatal.is_none() {
+        if !stopped {
             batcher.close_all();
             for batch in batcher.take_closed() {
-                if batch_tx.send(batch).is_err() {
+                if pipeline.submit(batch).is_err() {
                     break;
                 }
             }
         }
-        drop(batch_tx);
         let read = reader.join().expect("reader thread");
-        let commit_result = committer.join().expect("committer thread");
-        for c in commit_rx.try_iter() {
-            if let Err(e) = c {
-                fatal.get_or_insert(e);
-            }
-        }
-        if let Some(e) = fatal {
-            return Err(e);
-        }
-        commit_result?;
+        pipeline.finish()?;
         read.map_err(ImportError::Read)?;
         Ok(())
     });
 
-    done.store(true, std::sync::atomic::Ordering::Release);
+    stop.store(true, std::sync::atomic::Ordering::Release);
     wake.notify_one();
-    let mut uploaded = rt.block_on(background).unwrap_or_default();
+    let _ = rt.block_on(background);
+    let mut uploaded = std::mem::take(&mut *collected.0.lock().expect("lock"));
     result?;
 
     // Final uploads, patiently: the store may be briefly unreachable.
@@ -383,6 +349,21 @@ pub fn import(
     summary.elapsed = started.elapsed();
     Ok(summary)
 }
+
+/// The refusal of an `event_id` archived before with different content.
+pub fn conflict(line: u64, index: u64, event_id: String) -> Rejection {
+    Rejection {
+        line,
+        index,
+        event_id: Some(event_id),
+        kind: RejectKind::Conflict,
+        field: None,
+        reason: CONFLICT_REASON.into(),
+    }
+}
+
+/// Why a conflict is refused, in the upstream developer's terms.
+pub const CONFLICT_REASON: &str = "this event_id was already archived with different content; archived records are never changed (send a new event_id)";
 
 fn parse_worker(archive: &Archive, rx: Receiver<Chunk>, tx: Sender<Parsed>) {
     let retention = archive.settings.retention.clone();
@@ -450,38 +431,6 @@ fn parse_worker(archive: &Archive, rx: Receiver<Chunk>, tx: Sender<Parsed>) {
             break;
         }
     }
-}
-
-fn commit_in_order(
-    state: &crate::state::State,
-    index: &crate::index::Index,
-    rx: Receiver<Result<SealedBatch, crate::seal::SealError>>,
-    tx: Sender<Result<u64, ImportError>>,
-    wake: &tokio::sync::Notify,
-) -> Result<(), ImportError> {
-    let mut waiting: BTreeMap<u64, SealedBatch> = BTreeMap::new();
-    let mut next: Option<u64> = state.next_batch_idx().ok();
-    for sealed in rx {
-        let sealed = match sealed {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = tx.send(Err(e.into()));
-                return Ok(());
-            }
-        };
-        waiting.insert(sealed.entry.info.batch_idx, sealed);
-        while let Some(n) = next {
-            let Some(s) = waiting.remove(&n) else { break };
-            if let Err(e) = crate::seal::commit(state, index, s) {
-                let _ = tx.send(Err(e.into()));
-                return Ok(());
-            }
-            let _ = tx.send(Ok(n));
-            wake.notify_one();
-            next = Some(n + 1);
-        }
-    }
-    Ok(())
 }
 
 /// Splits the input into chunks of whole lines. A line longer than `max_line` is not held in

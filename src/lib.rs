@@ -13,6 +13,8 @@
 //! - [`segment`]: the Parquet format of a batch; [`merkle`]: RFC 6962 trees and proofs.
 //! - [`manifest`]: the sealed record of one batch, chained per writer.
 //! - [`upload`]: outbox → store, segment then manifest, idempotently.
+//! - [`pipeline`]: seal workers, the in-order committer and the uploader loop, shared by the
+//!   importer and the daemon.
 //! - [`store`]: the narrow write-once storage trait, with S3 and local backends.
 //! - [`layout`]: every object key, built in one place.
 //! - [`index`]: the idempotency index (sorted runs on disk, a filter in memory).
@@ -23,20 +25,27 @@
 //! - [`timestamp`]: UTC instants and days.
 
 pub mod archive;
+pub mod auth;
 pub mod batch;
 pub mod bench;
 pub mod canonical;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod event;
 pub mod import;
 pub mod index;
+pub mod ingest;
 pub mod layout;
+pub mod loadgen;
 pub mod manifest;
 pub mod merkle;
+pub mod pipeline;
 pub mod retention;
 pub mod seal;
 pub mod segment;
+pub mod server;
+pub mod spool;
 pub mod state;
 pub mod store;
 pub mod telemetry;

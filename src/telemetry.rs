@@ -40,3 +40,152 @@ pub fn init(format: LogFormat) {
     // A second initialisation (tests) keeps the first subscriber.
     let _ = result;
 }
+
+/// Metrics, all named here: `*_total` counters, `*_seconds` histograms, low-cardinality labels
+/// only (never a key or an event id).
+pub mod metrics {
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+    use crate::daemon::EventOutcome;
+    use crate::timestamp::Timestamp;
+
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+    /// Installs the Prometheus recorder (once per process) and returns its handle.
+    pub fn install() -> PrometheusHandle {
+        HANDLE
+            .get_or_init(|| {
+                let buckets = [
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0,
+                ];
+                let recorder = PrometheusBuilder::new()
+                    .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+                    .expect("valid buckets")
+                    .build_recorder();
+                let handle = recorder.handle();
+                let _ = ::metrics::set_global_recorder(recorder);
+                describe();
+                handle
+            })
+            .clone()
+    }
+
+    fn describe() {
+        use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+        describe_counter!(
+            "wormvault_events_accepted_total",
+            "Events acknowledged (durable in the spool)."
+        );
+        describe_counter!(
+            "wormvault_events_duplicate_total",
+            "Events already archived with identical content."
+        );
+        describe_counter!(
+            "wormvault_events_rejected_total",
+            "Events refused, by reason."
+        );
+        describe_gauge!("wormvault_spool_bytes", Unit::Bytes, "Bytes in the spool.");
+        describe_gauge!(
+            "wormvault_spool_oldest_event_age_seconds",
+            Unit::Seconds,
+            "Age of the oldest spooled event."
+        );
+        describe_counter!(
+            "wormvault_segments_sealed_total",
+            "Batches sealed into segments."
+        );
+        describe_counter!(
+            "wormvault_batches_uploaded_total",
+            "Segments and manifests confirmed in the store."
+        );
+        describe_histogram!(
+            "wormvault_upload_seconds",
+            Unit::Seconds,
+            "Time to store and verify one segment and its manifest."
+        );
+        describe_counter!("wormvault_upload_errors_total", "Failed upload attempts.");
+        describe_histogram!(
+            "wormvault_spool_fsync_seconds",
+            Unit::Seconds,
+            "Time of one spool append and fsync (a group commit)."
+        );
+        describe_gauge!(
+            "wormvault_ready",
+            "1 when the store is reachable and the bucket is fit for the archive."
+        );
+        describe_counter!(
+            "wormvault_backpressure_total",
+            "Requests refused because the spool was full."
+        );
+        describe_counter!(
+            "wormvault_auth_refused_total",
+            "Requests refused by authentication or authorization."
+        );
+        describe_histogram!(
+            "wormvault_ingest_request_seconds",
+            Unit::Seconds,
+            "Time from request to acknowledgement."
+        );
+    }
+
+    pub fn outcomes(outcomes: &[EventOutcome]) {
+        let (mut accepted, mut duplicate) = (0u64, 0u64);
+        for o in outcomes {
+            match o {
+                EventOutcome::Accepted { .. } => accepted += 1,
+                EventOutcome::Duplicate => duplicate += 1,
+                EventOutcome::Conflict => ::metrics::counter!("wormvault_events_rejected_total", "reason" => "conflict").increment(1),
+                EventOutcome::Rejected(e) => {
+                    ::metrics::counter!("wormvault_events_rejected_total", "reason" => e.kind.as_str()).increment(1)
+                }
+            }
+        }
+        ::metrics::counter!("wormvault_events_accepted_total").increment(accepted);
+        ::metrics::counter!("wormvault_events_duplicate_total").increment(duplicate);
+    }
+
+    pub fn spool(bytes: u64, oldest: Option<Timestamp>) {
+        ::metrics::gauge!("wormvault_spool_bytes").set(bytes as f64);
+        let age = oldest.map_or(0.0, |t| {
+            (Timestamp::now().as_micros() - t.as_micros()).max(0) as f64 / 1e6
+        });
+        ::metrics::gauge!("wormvault_spool_oldest_event_age_seconds").set(age);
+    }
+
+    pub fn batch_sealed() {
+        ::metrics::counter!("wormvault_segments_sealed_total").increment(1);
+    }
+
+    pub fn uploaded(elapsed: Duration) {
+        ::metrics::counter!("wormvault_batches_uploaded_total").increment(1);
+        ::metrics::histogram!("wormvault_upload_seconds").record(elapsed.as_secs_f64());
+    }
+
+    pub fn upload_error() {
+        ::metrics::counter!("wormvault_upload_errors_total").increment(1);
+    }
+
+    pub fn fsync(elapsed: Duration) {
+        ::metrics::histogram!("wormvault_spool_fsync_seconds").record(elapsed.as_secs_f64());
+    }
+
+    pub fn ready(ready: bool) {
+        ::metrics::gauge!("wormvault_ready").set(if ready { 1.0 } else { 0.0 });
+    }
+
+    pub fn backpressure() {
+        ::metrics::counter!("wormvault_backpressure_total").increment(1);
+    }
+
+    pub fn auth_refused(reason: &'static str) {
+        ::metrics::counter!("wormvault_auth_refused_total", "reason" => reason).increment(1);
+    }
+
+    pub fn request(elapsed: Duration) {
+        ::metrics::histogram!("wormvault_ingest_request_seconds").record(elapsed.as_secs_f64());
+    }
+}

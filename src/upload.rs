@@ -34,6 +34,8 @@ pub struct Uploaded {
     pub segment_key: String,
     pub manifest_key: String,
     pub manifest_sha256: String,
+    /// Time to store and verify the segment and its manifest.
+    pub elapsed: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +87,7 @@ impl Uploader {
     }
 
     async fn upload_one(&self, mut entry: OutboxEntry) -> Result<Uploaded, UploadError> {
+        let started = std::time::Instant::now();
         let info = entry.info.clone();
         let segment_key = self.layout.segment(info.day, &info.writer, info.batch_idx);
         let manifest_key = self.layout.manifest(info.day, &info.writer, info.batch_idx);
@@ -185,6 +188,7 @@ impl Uploader {
             segment_key,
             manifest_key,
             manifest_sha256,
+            elapsed: started.elapsed(),
         })
     }
 }

@@ -27,8 +27,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{
-    ListEntry, LockMode, ObjectInfo, PutReceipt, PutRequest, StoreError, VersionEntry, WormStore,
-    check_sealed,
+    BucketLock, ListEntry, LockMode, ObjectInfo, PutReceipt, PutRequest, StoreError, VersionEntry,
+    WormStore, check_sealed,
 };
 use crate::timestamp::Timestamp;
 
@@ -368,5 +368,16 @@ impl WormStore for LocalStore {
     async fn versions(&self, key: &str) -> Result<Vec<VersionEntry>, StoreError> {
         let (this, key) = (self.clone(), key.to_owned());
         blocking(move || this.versions_blocking(&key)).await
+    }
+
+    /// The development store behaves as a versioned, COMPLIANCE-locked bucket; it has no
+    /// default retention because every object carries its own.
+    async fn bucket_lock(&self) -> Result<BucketLock, StoreError> {
+        Ok(BucketLock {
+            versioning: Some("Enabled".into()),
+            lock_enabled: true,
+            default_mode: Some(LockMode::Compliance),
+            default_days: Some(u32::MAX),
+        })
     }
 }

@@ -117,6 +117,48 @@ pub struct VersionEntry {
     pub size: u64,
 }
 
+/// The bucket's versioning and Object Lock configuration.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BucketLock {
+    /// `Enabled`, `Suspended`, or `None` if versioning was never enabled.
+    pub versioning: Option<String>,
+    pub lock_enabled: bool,
+    pub default_mode: Option<LockMode>,
+    /// Default retention, in days (years are counted as 365 days).
+    pub default_days: Option<u32>,
+}
+
+impl BucketLock {
+    /// Problems that make the bucket unfit for the archive, as sentences; empty when fit.
+    pub fn problems(&self, min_default_days: u32) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.versioning.as_deref() != Some("Enabled") {
+            out.push(format!(
+                "versioning is {}, not Enabled",
+                self.versioning.as_deref().unwrap_or("off")
+            ));
+        }
+        if !self.lock_enabled {
+            out.push(
+                "Object Lock is not enabled (it can only be enabled when the bucket is created)"
+                    .into(),
+            );
+        }
+        match self.default_mode {
+            Some(LockMode::Compliance) => {}
+            Some(LockMode::Governance) => out.push("the default retention mode is GOVERNANCE, which privileged users can bypass; it must be COMPLIANCE".into()),
+            None => out.push("there is no default retention; it must be COMPLIANCE".into()),
+        }
+        match self.default_days {
+            Some(d) if d >= min_default_days => {}
+            Some(d) => out.push(format!("the default retention is {d} days, below the configured minimum of {min_default_days}")),
+            None if self.default_mode.is_some() => out.push("the default retention has no period".into()),
+            None => {}
+        }
+        out
+    }
+}
+
 /// One entry of a listing (current versions).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListEntry {
@@ -180,6 +222,9 @@ pub trait WormStore: Send + Sync + 'static {
 
     /// Every version and delete marker of exactly `key`.
     async fn versions(&self, key: &str) -> Result<Vec<VersionEntry>, StoreError>;
+
+    /// The bucket's versioning and Object Lock configuration (read only).
+    async fn bucket_lock(&self) -> Result<BucketLock, StoreError>;
 }
 
 /// Checks that a just-written object is what a sealed put promises. Shared by every backend,

@@ -25,8 +25,8 @@ use base64::Engine as _;
 use bytes::Bytes;
 
 use super::{
-    ListEntry, LockMode, ObjectInfo, PutReceipt, PutRequest, StoreError, VersionEntry, WormStore,
-    check_sealed,
+    BucketLock, ListEntry, LockMode, ObjectInfo, PutReceipt, PutRequest, StoreError, VersionEntry,
+    WormStore, check_sealed,
 };
 use crate::timestamp::Timestamp;
 
@@ -330,5 +330,63 @@ impl WormStore for S3Store {
             }
         }
         Ok(out)
+    }
+
+    async fn bucket_lock(&self) -> Result<BucketLock, StoreError> {
+        let bucket = format!("(bucket {})", self.bucket);
+        let versioning = self
+            .client
+            .get_bucket_versioning()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| map_err(&bucket, e))?
+            .status()
+            .map(|s| s.as_str().to_owned());
+        let lock = match self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => out.object_lock_configuration().cloned(),
+            Err(e) => match map_err(&bucket, e) {
+                // No lock configuration at all answers 404 ObjectLockConfigurationNotFoundError.
+                StoreError::NotFound { .. } => None,
+                StoreError::Other { message, .. }
+                    if message.contains("ObjectLockConfigurationNotFound") =>
+                {
+                    None
+                }
+                other => return Err(other),
+            },
+        };
+        let enabled = lock
+            .as_ref()
+            .and_then(|c| c.object_lock_enabled())
+            .is_some_and(|e| e == &aws_sdk_s3::types::ObjectLockEnabled::Enabled);
+        let default = lock
+            .as_ref()
+            .and_then(|c| c.rule())
+            .and_then(|r| r.default_retention());
+        Ok(BucketLock {
+            versioning,
+            lock_enabled: enabled,
+            default_mode: default.and_then(|d| d.mode()).and_then(|m| match m {
+                aws_sdk_s3::types::ObjectLockRetentionMode::Compliance => {
+                    Some(LockMode::Compliance)
+                }
+                aws_sdk_s3::types::ObjectLockRetentionMode::Governance => {
+                    Some(LockMode::Governance)
+                }
+                _ => None,
+            }),
+            default_days: default.and_then(|d| {
+                d.days()
+                    .map(|x| x.max(0) as u32)
+                    .or_else(|| d.years().map(|y| (y.max(0) as u32).saturating_mul(365)))
+            }),
+        })
     }
 }

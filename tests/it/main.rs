@@ -2,6 +2,7 @@
 
 mod archive;
 mod cli;
+mod daemon;
 mod proxy;
 mod store;
 mod tidy;

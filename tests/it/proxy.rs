@@ -29,6 +29,8 @@ impl Recorded {
 pub struct Proxy {
     pub addr: SocketAddr,
     pub requests: Arc<Mutex<Vec<Recorded>>>,
+    /// While set, connections are closed as soon as they are accepted: the store is "down".
+    pub down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Proxy {
@@ -43,19 +45,33 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let log = requests.clone();
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let is_down = down.clone();
         tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
+                if is_down.load(std::sync::atomic::Ordering::Acquire) {
+                    drop(conn);
+                    continue;
+                }
                 let log = log.clone();
                 tokio::spawn(async move {
                     let _ = relay(conn, upstream, log, strip).await;
                 });
             }
         });
-        Proxy { addr, requests }
+        Proxy {
+            addr,
+            requests,
+            down,
+        }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::Release);
     }
 
     pub fn take(&self) -> Vec<Recorded> {

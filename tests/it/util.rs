@@ -51,22 +51,50 @@ pub fn admin_client(endpoint: &str) -> aws_sdk_s3::Client {
 pub enum BucketKind {
     /// Versioning and Object Lock, as wormvault requires.
     Lock,
+    /// Versioning, Object Lock and a COMPLIANCE default retention of one day (what the
+    /// Terraform modules provision, and what `/readyz` checks).
+    LockWithDefault,
     /// No versioning, no lock.
     Plain,
 }
 
 pub async fn create_bucket(client: &aws_sdk_s3::Client, name: &str, kind: BucketKind) {
     let mut req = client.create_bucket().bucket(name);
-    if kind == BucketKind::Lock {
+    if kind != BucketKind::Plain {
         req = req.object_lock_enabled_for_bucket(true);
     }
     req.send().await.unwrap_or_else(|e| {
         panic!(
             "cannot create bucket {name} at {}: {}. Is LocalStack running? Run the suite with scripts/test.",
             s3_endpoint(),
-            aws_smithy_types::error::display::DisplayErrorContext(&e)
+                        aws_smithy_types::error::display::DisplayErrorContext(&e)
         )
     });
+    if kind == BucketKind::LockWithDefault {
+        use aws_sdk_s3::types::{
+            DefaultRetention, ObjectLockConfiguration, ObjectLockEnabled, ObjectLockRetentionMode,
+            ObjectLockRule,
+        };
+        let rule = ObjectLockRule::builder()
+            .default_retention(
+                DefaultRetention::builder()
+                    .mode(ObjectLockRetentionMode::Compliance)
+                    .days(1)
+                    .build(),
+            )
+            .build();
+        let conf = ObjectLockConfiguration::builder()
+            .object_lock_enabled(ObjectLockEnabled::Enabled)
+            .rule(rule)
+            .build();
+        client
+            .put_object_lock_configuration()
+            .bucket(name)
+            .object_lock_configuration(conf)
+            .send()
+            .await
+            .unwrap();
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,484 @@
+//! The daemon's core: the sequencer thread, which alone owns the batcher, the spool and the
+//! seal pipeline.
+//!
+//! ```text
+//! HTTP handlers ──(parsed events)──▶ sequencer ──▶ spool (append, one fsync per group)
+//!   ▲                                    │            then acknowledge
+//!   └──────────── per-event results ◀────┤
+//!                                        └──▶ batches ──▶ seal pipeline ──▶ outbox ──▶ uploader
+//!                                                                                       │
+//!                 spool files reclaimed once their events are confirmed in the store ◀──┘
+//! ```
+//!
+//! For each group of requests that arrived while the previous fsync ran, the sequencer:
+//! reserves every new event (idempotency check, lane sequence number), appends them all to the
+//! spool and fsyncs once, and only then places them in batches and answers. If the append or
+//! fsync fails, the reservations are rolled back and the requests get 503: nothing is
+//! acknowledged that is not on disk, and no lane gets a gap.
+//!
+//! On start, the spool is replayed: events whose lane number is below the committed next
+//! number are already sealed (in the outbox or the store) and are skipped; the others are
+//! placed again with the numbers they were acknowledged with.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use tokio::sync::oneshot;
+
+use crate::archive::Archive;
+use crate::batch::{Batcher, Reserved};
+use crate::event::{EventError, Record};
+use crate::index::fingerprint;
+use crate::pipeline::SealPipeline;
+use crate::spool::Spool;
+use crate::state::Lane;
+use crate::telemetry::metrics as m;
+
+/// One parsed item of a request, in request order.
+pub enum Item {
+    Event {
+        record: Box<Record>,
+        note: Option<String>,
+    },
+    Rejected(EventError),
+}
+
+/// What happened to one item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventOutcome {
+    Accepted {
+        lane: Lane,
+        seq: u64,
+        note: Option<String>,
+    },
+    Duplicate,
+    Conflict,
+    Rejected(EventError),
+}
+
+/// The answer to an ingest request.
+#[derive(Debug)]
+pub enum IngestReply {
+    Done(Vec<EventOutcome>),
+    /// The spool is at its limit: retry later.
+    SpoolFull,
+    /// Shutting down: retry against another instance, or later.
+    Draining,
+    /// The spool could not be written; nothing of this request was acknowledged.
+    Failed(String),
+}
+
+/// The answer to a flush.
+#[derive(Debug, serde::Serialize)]
+pub struct FlushReply {
+    /// Batches sealed by this flush.
+    pub sealed: u64,
+    /// True when everything sealed up to now is confirmed in the store.
+    pub uploaded: bool,
+    pub message: String,
+}
+
+pub enum Command {
+    Ingest {
+        items: Vec<Item>,
+        reply: oneshot::Sender<IngestReply>,
+    },
+    Flush {
+        reply: oneshot::Sender<FlushReply>,
+    },
+    /// From the uploader: a batch is confirmed in the store.
+    Uploaded {
+        lane: Lane,
+        last_seq: u64,
+        batch_idx: u64,
+    },
+    Shutdown,
+}
+
+/// Limits of the sequencer.
+#[derive(Clone, Copy, Debug)]
+pub struct SequencerLimits {
+    pub spool_max_bytes: u64,
+    pub spool_file_bytes: u64,
+    pub workers: usize,
+}
+
+struct Sequencer {
+    batcher: Batcher,
+    spool: Spool,
+    pipeline: SealPipeline,
+    /// Highest sequence number confirmed in the store, per lane with spooled events.
+    confirmed: HashMap<Lane, u64>,
+    /// Batches below this index are confirmed in the store.
+    uploaded_below: u64,
+    limits: SequencerLimits,
+    flushes: Vec<(u64, oneshot::Sender<FlushReply>, u64)>,
+    draining: bool,
+}
+
+/// Starts the sequencer: replays the spool, then serves commands until `Shutdown`. Returns
+/// when every open batch is sealed and committed (uploads continue in the uploader).
+pub fn start(
+    archive: &Archive,
+    limits: SequencerLimits,
+    commands: Receiver<Command>,
+    wake_uploader: Arc<tokio::sync::Notify>,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    let mut batcher = Batcher::new(
+        archive.state.clone(),
+        archive.index.clone(),
+        archive.settings.batch,
+    )
+    .map_err(|e| e.to_string())?;
+    let wake = wake_uploader.clone();
+    let pipeline = SealPipeline::start(archive, limits.workers, move |_| {
+        m::batch_sealed();
+        wake.notify_one();
+    });
+    // What is sealed but not yet in the store, per lane: the earliest first_seq in the outbox.
+    let outbox = archive.state.outbox().map_err(|e| e.to_string())?;
+    let mut in_outbox: HashMap<Lane, u64> = HashMap::new();
+    for e in &outbox {
+        let lane = Lane {
+            day: e.info.day,
+            class: e.info.retention_class.as_str().into(),
+        };
+        let first = in_outbox.entry(lane).or_insert(u64::MAX);
+        *first = (*first).min(e.info.first_seq);
+    }
+    let uploaded_below = outbox
+        .iter()
+        .map(|e| e.info.batch_idx)
+        .min()
+        .unwrap_or(archive.state.next_batch_idx().map_err(|e| e.to_string())?);
+    let mut confirmed: HashMap<Lane, u64> = HashMap::new();
+    let mut replayed = 0u64;
+    let state = archive.state.clone();
+    let spool_dir = archive.settings.state_dir.join("spool");
+    let spool = Spool::open(&spool_dir, limits.spool_file_bytes, |s| {
+        let committed_next = state.lane_next_seq(&s.lane).map_err(std::io::Error::other)?;
+        confirmed.entry(s.lane.clone()).or_insert_with(|| match in_outbox.get(&s.lane) {
+            Some(first) => first - 1,
+            None => committed_next - 1,
+        });
+        if s.seq < committed_next {
+            return Ok(()); // sealed before the restart
+        }
+        let record = Record::from_canonical(s.canonical, s.digest)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("spool record: {e}")))?;
+        match batcher.reserve(Box::new(record)).map_err(std::io::Error::other)? {
+            Reserved::New { lane, seq, record } if seq == s.seq && lane == s.lane => {
+                batcher.place(lane, seq, record);
+                replayed += 1;
+            }
+            other => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "spooled event {} of lane {}/{} does not follow the archive's numbering ({})",
+                        s.seq,
+                        s.lane.day,
+                        s.lane.class,
+                        match other {
+                            Reserved::New { seq, .. } => format!("expected {seq}"),
+                            Reserved::Duplicate(_) => "already archived".into(),
+                            Reserved::Conflict(_) => "conflicts with an archived event".into(),
+                        }
+                    ),
+                ));
+            }
+        }
+        for batch in batcher.take_closed() {
+            pipeline.submit(batch).map_err(|_| std::io::Error::other("the seal pipeline stopped"))?;
+        }
+        Ok(())
+    })
+    .map_err(|e| format!("opening the spool in {}: {e}", spool_dir.display()))?;
+    if replayed > 0 {
+        tracing::info!(
+            events = replayed,
+            "Replayed acknowledged events from the spool that were not yet sealed."
+        );
+    }
+    let mut spool = spool;
+    let freed = spool
+        .reclaim_all(|l| confirmed.get(l).copied().unwrap_or(0))
+        .map_err(|e| format!("reclaiming the spool in {}: {e}", spool_dir.display()))?;
+    if freed > 0 {
+        tracing::info!(
+            bytes = freed,
+            "Reclaimed spool files whose events are all in the store."
+        );
+    }
+    let seq = Sequencer {
+        batcher,
+        spool,
+        pipeline,
+        confirmed,
+        uploaded_below,
+        limits,
+        flushes: Vec::new(),
+        draining: false,
+    };
+    seq.publish_spool_metrics();
+    std::thread::Builder::new()
+        .name("wv-sequencer".into())
+        .spawn(move || seq.run(commands))
+        .map_err(|e| e.to_string())
+}
+
+impl Sequencer {
+    fn run(mut self, commands: Receiver<Command>) {
+        let tick = Duration::from_millis(200);
+        loop {
+            let first = match commands.recv_timeout(tick) {
+                Ok(c) => Some(c),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => Some(Command::Shutdown),
+            };
+            let mut group = Vec::new();
+            let mut shutdown = false;
+            for c in first.into_iter().chain(commands.try_iter().take(4096)) {
+                match c {
+                    Command::Ingest { items, reply } => group.push((items, reply)),
+                    Command::Flush { reply } => self.flush(reply),
+                    Command::Uploaded {
+                        lane,
+                        last_seq,
+                        batch_idx,
+                    } => self.uploaded(lane, last_seq, batch_idx),
+                    Command::Shutdown => shutdown = true,
+                }
+            }
+            if !group.is_empty() {
+                self.ingest(group);
+            }
+            self.batcher.close_expired(Instant::now());
+            if !self.submit_closed() || shutdown {
+                break;
+            }
+            self.absorb_commits();
+            self.answer_flushes();
+        }
+        // Shutdown: refuse what is still queued, seal everything open.
+        self.draining = true;
+        for c in commands.try_iter() {
+            match c {
+                Command::Ingest { reply, .. } => {
+                    let _ = reply.send(IngestReply::Draining);
+                }
+                Command::Flush { reply } => {
+                    let _ = reply.send(FlushReply {
+                        sealed: 0,
+                        uploaded: false,
+                        message: "shutting down".into(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        self.batcher.close_all();
+        self.submit_closed();
+        match self.pipeline.finish() {
+            Ok(done) => tracing::info!(
+                batches = done.len(),
+                "Sealed every open batch for shutdown."
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "Sealing at shutdown failed; the events stay in the spool and are replayed at the next start.")
+            }
+        }
+    }
+
+    fn submit_closed(&mut self) -> bool {
+        for batch in self.batcher.take_closed() {
+            if self.pipeline.submit(batch).is_err() {
+                tracing::error!(
+                    "The seal pipeline stopped; acknowledged events stay in the spool."
+                );
+                if let Err(e) = self.pipeline.drain_committed() {
+                    tracing::error!(error = %e, "Sealing failed.");
+                }
+                return false;
+            }
+        }
+        true
+    }
+
+    fn absorb_commits(&mut self) {
+        match self.pipeline.drain_committed() {
+            Ok(done) => done.into_iter().for_each(|idx| self.batcher.committed(idx)),
+            Err(e) => {
+                tracing::error!(error = %e, "Sealing failed; acknowledged events stay in the spool.")
+            }
+        }
+    }
+
+    fn ingest(&mut self, group: Vec<(Vec<Item>, oneshot::Sender<IngestReply>)>) {
+        // Reserve every new event of every request in the group.
+        let mut answers: Vec<(Vec<EventOutcome>, oneshot::Sender<IngestReply>)> =
+            Vec::with_capacity(group.len());
+        let mut news: Vec<(Lane, u64, Box<Record>)> = Vec::new();
+        let mut owners: Vec<usize> = Vec::new();
+        for (items, reply) in group {
+            if self.draining {
+                let _ = reply.send(IngestReply::Draining);
+                continue;
+            }
+            if self.spool.bytes() >= self.limits.spool_max_bytes {
+                m::backpressure();
+                let _ = reply.send(IngestReply::SpoolFull);
+                continue;
+            }
+            let mut outcomes = Vec::with_capacity(items.len());
+            let req = answers.len();
+            for item in items {
+                let outcome = match item {
+                    Item::Rejected(e) => EventOutcome::Rejected(e),
+                    Item::Event { record, note } => {
+                        let lane_probe = Lane {
+                            day: record.event.occurred_at.day(),
+                            class: record.retention_class.clone(),
+                        };
+                        if !self.confirmed.contains_key(&lane_probe) {
+                            match self.batcher.next_seq(&lane_probe) {
+                                Ok(next) => {
+                                    self.confirmed.insert(lane_probe, next - 1);
+                                }
+                                Err(e) => {
+                                    outcomes.push(EventOutcome::Rejected(internal(&e.to_string())));
+                                    continue;
+                                }
+                            }
+                        }
+                        match self.batcher.reserve(record) {
+                            Ok(Reserved::New { lane, seq, record }) => {
+                                news.push((lane.clone(), seq, record));
+                                owners.push(req);
+                                EventOutcome::Accepted { lane, seq, note }
+                            }
+                            Ok(Reserved::Duplicate(_)) => EventOutcome::Duplicate,
+                            Ok(Reserved::Conflict(_)) => EventOutcome::Conflict,
+                            Err(e) => EventOutcome::Rejected(internal(&e.to_string())),
+                        }
+                    }
+                };
+                outcomes.push(outcome);
+            }
+            answers.push((outcomes, reply));
+        }
+        // One append and one fsync for the whole group.
+        if !news.is_empty() {
+            let view: Vec<(Lane, u64, &Record)> = news
+                .iter()
+                .map(|(l, s, r)| (l.clone(), *s, r.as_ref()))
+                .collect();
+            let started = Instant::now();
+            let written = self.spool.append(&view).and_then(|()| self.spool.sync());
+            m::fsync(started.elapsed());
+            drop(view);
+            if let Err(e) = written {
+                tracing::error!(error = %e, events = news.len(), "Writing the spool failed; the requests are refused (503) and nothing of them is acknowledged.");
+                let undo: Vec<(Lane, u64, crate::index::Fingerprint)> = news
+                    .iter()
+                    .map(|(l, s, r)| (l.clone(), *s, fingerprint(&r.event.event_id)))
+                    .collect();
+                self.batcher.rollback(&undo);
+                let failed: std::collections::HashSet<usize> = owners.iter().copied().collect();
+                let message = format!("the spool could not be written: {e}");
+                for (i, (outcomes, reply)) in answers.into_iter().enumerate() {
+                    let _ = reply.send(if failed.contains(&i) {
+                        IngestReply::Failed(message.clone())
+                    } else {
+                        IngestReply::Done(outcomes)
+                    });
+                }
+                return;
+            }
+            for (lane, seq, record) in news {
+                self.batcher.place(lane, seq, record);
+            }
+        }
+        for (outcomes, reply) in answers {
+            m::outcomes(&outcomes);
+            let _ = reply.send(IngestReply::Done(outcomes));
+        }
+        self.publish_spool_metrics();
+    }
+
+    fn flush(&mut self, reply: oneshot::Sender<FlushReply>) {
+        let before = self.batcher.in_flight();
+        self.batcher.close_all();
+        let closed = self.batcher.take_closed();
+        let sealed = closed.len() as u64;
+        for batch in closed {
+            if self.pipeline.submit(batch).is_err() {
+                let _ = reply.send(FlushReply {
+                    sealed: 0,
+                    uploaded: false,
+                    message: "the seal pipeline stopped".into(),
+                });
+                return;
+            }
+        }
+        // Everything below the batcher's next index must be confirmed before answering.
+        let target = self.batcher_next_batch_idx();
+        tracing::info!(sealed, in_flight = before, "Flush requested.");
+        self.flushes.push((target, reply, sealed));
+        self.answer_flushes();
+    }
+
+    fn batcher_next_batch_idx(&self) -> u64 {
+        self.batcher.next_batch_idx()
+    }
+
+    fn answer_flushes(&mut self) {
+        let below = self.uploaded_below;
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flushes)
+            .into_iter()
+            .partition(|(t, _, _)| *t <= below);
+        self.flushes = waiting;
+        for (_, reply, sealed) in done {
+            let _ = reply.send(FlushReply {
+                sealed,
+                uploaded: true,
+                message: "sealed and confirmed in the store".into(),
+            });
+        }
+    }
+
+    fn uploaded(&mut self, lane: Lane, last_seq: u64, batch_idx: u64) {
+        let c = self.confirmed.entry(lane).or_insert(0);
+        *c = (*c).max(last_seq);
+        self.uploaded_below = self.uploaded_below.max(batch_idx + 1);
+        let confirmed = &self.confirmed;
+        match self
+            .spool
+            .reclaim(|l| confirmed.get(l).copied().unwrap_or(0))
+        {
+            Ok(freed) if freed > 0 => tracing::debug!(
+                bytes = freed,
+                "Reclaimed spool files whose events are in the store."
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "Reclaiming spool files failed."),
+        }
+        self.publish_spool_metrics();
+        self.answer_flushes();
+    }
+
+    fn publish_spool_metrics(&self) {
+        m::spool(self.spool.bytes(), self.spool.oldest());
+    }
+}
+
+fn internal(message: &str) -> EventError {
+    EventError {
+        kind: crate::event::RejectKind::Malformed,
+        field: None,
+        reason: format!("internal error, not archived: {message}"),
+        event_id: None,
+    }
+}

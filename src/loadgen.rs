@@ -1,0 +1,392 @@
+//! A small HTTP client for the daemon, and `wormvault bench ingest`, the load generator.
+//!
+//! The benchmark starts `wormvault serve` as a child process (so that its peak RSS is its
+//! own), posts pre-generated NDJSON batches over several connections, and reports sustained
+//! events/s, acknowledgement latency at a paced rate, fsyncs per second (from `/metrics`),
+//! peak RSS, and the ratio to `wormvault archive` of the same events.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// An answer from the daemon.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A keep-alive HTTP/1.1 client for one daemon.
+#[derive(Clone)]
+pub struct Client {
+    inner: HyperClient<HttpConnector, Full<Bytes>>,
+    base: String,
+}
+
+impl Client {
+    /// `base` like `http://127.0.0.1:8440`.
+    pub fn new(base: &str) -> Client {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let inner = HyperClient::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        Client {
+            inner,
+            base: base.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// Sends a request; `Err` for transport failures (refused, reset, timed out).
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Reply, String> {
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(Duration::from_secs(120), self.inner.request(req))
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| format!("{e}"))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Reply, String> {
+        self.send("GET", path, &[], Bytes::new()).await
+    }
+
+    /// Posts NDJSON events with a bearer token.
+    pub async fn post_events(&self, token: &str, ndjson: Bytes) -> Result<Reply, String> {
+        let auth = format!("Bearer {token}");
+        self.send(
+            "POST",
+            "/v1/events",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/x-ndjson"),
+            ],
+            ndjson,
+        )
+        .await
+    }
+
+    pub async fn flush(&self, token: &str) -> Result<Reply, String> {
+        let auth = format!("Bearer {token}");
+        self.send(
+            "POST",
+            "/v1/flush",
+            &[("authorization", &auth)],
+            Bytes::new(),
+        )
+        .await
+    }
+
+    /// Waits until `/healthz` answers.
+    pub async fn wait_healthy(&self, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(r) = self.get("/healthz").await
+                && r.status == 200
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{} did not become healthy within {within:?}",
+                    self.base
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The value of one metric line (`name` with its labels exactly) from `/metrics`.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let r = self.get("/metrics").await.ok()?;
+        r.text()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Options of `wormvault bench ingest`.
+#[derive(Clone, Debug)]
+pub struct IngestBench {
+    pub events: u64,
+    pub connections: usize,
+    pub batch: usize,
+    /// Events per second of the paced phase (latency), 0 to skip it.
+    pub paced_rate: u64,
+    pub paced_seconds: u64,
+    /// Extra TOML for the daemon (e.g. an S3 store); the local store when empty.
+    pub store_toml: String,
+    pub dir: PathBuf,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// Pre-generated NDJSON requests of `batch` events each, with unique ids per `tag`.
+fn requests(n: u64, batch: usize, tag: u64) -> Vec<Bytes> {
+    let mut rng = crate::bench::Rng::new(tag);
+    let start = crate::timestamp::Day::parse("2026-11-02").expect("valid");
+    let mut out = Vec::new();
+    let mut buf = String::new();
+    let mut line = String::new();
+    for i in 0..n {
+        line.clear();
+        crate::bench::event_json(&mut rng, i + tag * 1_000_000_000, start, 3, &mut line);
+        buf.push_str(&line);
+        buf.push('\n');
+        if (i + 1) % batch as u64 == 0 || i + 1 == n {
+            out.push(Bytes::from(std::mem::take(&mut buf)));
+        }
+    }
+    out
+}
+
+/// Runs the benchmark and prints its report.
+pub fn run_ingest_bench(opts: &IngestBench) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&opts.dir).map_err(|e| e.to_string())?;
+    let port = free_port();
+    let (secret, hash) = crate::auth::generate().map_err(|e| e.to_string())?;
+    let config = opts.dir.join("daemon.toml");
+    let store = if opts.store_toml.is_empty() {
+        format!(
+            "[store.local]\npath = {:?}\n",
+            opts.dir.join("archive").display().to_string()
+        )
+    } else {
+        opts.store_toml.clone()
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\n[server]\nlisten = \"127.0.0.1:{port}\"\n[batch]\nmax_age = \"10s\"\n[[auth.tokens]]\nname = \"bench\"\nsha256 = \"{hash}\"\nroles = [\"ingest\", \"admin\"]\n{store}",
+            opts.dir.join("state").display().to_string()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let log = std::fs::File::create(opts.dir.join("daemon.log")).map_err(|e| e.to_string())?;
+    let mut child = std::process::Command::new(&exe)
+        .args(["--log-format", "json", "--config"])
+        .arg(&config)
+        .arg("serve")
+        .env("WORMVAULT_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let pid = child.id();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let client = Client::new(&format!("http://127.0.0.1:{port}"));
+    let result = rt.block_on(async {
+        client.wait_healthy(Duration::from_secs(60)).await?;
+        println!("generating {} events in requests of {} ...", opts.events, opts.batch);
+        let work = Arc::new(requests(opts.events, opts.batch, 1));
+        let bytes: usize = work.iter().map(|b| b.len()).sum();
+        let fsyncs_before = client.metric("wormvault_spool_fsync_seconds_count").await.unwrap_or(0.0);
+        // Phase 1: as fast as the daemon acknowledges.
+        let next = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..opts.connections {
+            let (client, work, next, accepted, secret) = (client.clone(), work.clone(), next.clone(), accepted.clone(), secret.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(body) = work.get(i) else { break };
+                    loop {
+                        let t = Instant::now();
+                        match client.post_events(&secret, body.clone()).await {
+                            Ok(r) if r.status == 200 => {
+                                lat.push(t.elapsed());
+                                accepted.fetch_add(r.json()["accepted"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                                break;
+                            }
+                            Ok(r) if r.status == 429 || r.status == 503 => tokio::time::sleep(Duration::from_millis(200)).await,
+                            Ok(r) => return Err(format!("HTTP {}: {}", r.status, r.text())),
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                Ok::<_, String>(lat)
+            }));
+        }
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await.map_err(|e| e.to_string())??);
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let fsyncs_after = client.metric("wormvault_spool_fsync_seconds_count").await.unwrap_or(0.0);
+        let n = accepted.load(Ordering::Relaxed);
+        lat.sort();
+        println!("sustained       {:.0} events/s ({:.1} MB/s) over {n} events, {} connections, {} events per request", n as f64 / secs, bytes as f64 / secs / 1e6, opts.connections, opts.batch);
+        println!("  ack latency   p50 {:.1} ms, p99 {:.1} ms (per request, saturated)", percentile(&lat, 0.5).as_secs_f64() * 1e3, percentile(&lat, 0.99).as_secs_f64() * 1e3);
+        println!("  fsyncs        {:.0} per second ({:.0} events per fsync)", (fsyncs_after - fsyncs_before) / secs, n as f64 / (fsyncs_after - fsyncs_before).max(1.0));
+        let sustained = n as f64 / secs;
+        // Phase 2: paced, for latency at a given rate.
+        if opts.paced_rate > 0 {
+            let total = opts.paced_rate * opts.paced_seconds;
+            let work = Arc::new(requests(total, opts.batch, 2));
+            let interval = Duration::from_secs_f64(opts.batch as f64 / opts.paced_rate as f64);
+            let started = Instant::now();
+            let next = Arc::new(AtomicUsize::new(0));
+            let mut tasks = Vec::new();
+            for _ in 0..opts.connections {
+                let (client, work, next, secret) = (client.clone(), work.clone(), next.clone(), secret.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(body) = work.get(i) else { break };
+                        // Request i is due at started + i * interval.
+                        let due = started + interval * i as u32;
+                        tokio::time::sleep_until(due.into()).await;
+                        let t = Instant::now();
+                        let r = client.post_events(&secret, body.clone()).await?;
+                        if r.status != 200 {
+                            return Err(format!("HTTP {}: {}", r.status, r.text()));
+                        }
+                        lat.push(t.elapsed());
+                    }
+                    Ok::<_, String>(lat)
+                }));
+            }
+            let mut lat = Vec::new();
+            for t in tasks {
+                lat.extend(t.await.map_err(|e| e.to_string())??);
+            }
+            let secs = started.elapsed().as_secs_f64();
+            lat.sort();
+            println!(
+                "paced           {} events/s offered, {:.0} achieved over {:.0} s: ack p50 {:.1} ms, p99 {:.1} ms",
+                opts.paced_rate,
+                total as f64 / secs,
+                secs,
+                percentile(&lat, 0.5).as_secs_f64() * 1e3,
+                percentile(&lat, 0.99).as_secs_f64() * 1e3
+            );
+        }
+        let r = client.flush(&secret).await?;
+        if r.status != 200 {
+            return Err(format!("flush: HTTP {} {}", r.status, r.text()));
+        }
+        Ok::<f64, String>(sustained)
+    });
+    let rss = rss_of(pid);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = child.wait();
+    let sustained = result?;
+    if let Some(rss) = rss {
+        println!(
+            "  peak RSS      {:.0} MiB (daemon)",
+            rss as f64 / (1 << 20) as f64
+        );
+    }
+    // The same events through `wormvault archive`, for the ratio.
+    let file = opts.dir.join("events.ndjson");
+    let mut f = std::fs::File::create(&file).map_err(|e| e.to_string())?;
+    for b in requests(opts.events, opts.batch, 1) {
+        std::io::Write::write_all(&mut f, &b).map_err(|e| e.to_string())?;
+    }
+    drop(f);
+    let archive_rate = archive_rate(&exe, &opts.dir.join("archive-run"), &file)?;
+    println!(
+        "ratio           {:.2} of `wormvault archive` on the same events ({:.0} events/s)",
+        sustained / archive_rate,
+        archive_rate
+    );
+    Ok(())
+}
+
+fn archive_rate(exe: &Path, dir: &Path, file: &Path) -> Result<f64, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let config = dir.join("archive.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\n[store.local]\npath = {:?}\n",
+            dir.join("state").display().to_string(),
+            dir.join("archive").display().to_string()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(exe)
+        .args(["--log-format", "json", "--config"])
+        .arg(&config)
+        .args(["archive", "--json"])
+        .arg(file)
+        .env("WORMVAULT_LOG", "error")
+        .output()
+        .map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("archive printed no summary: {e}"))?;
+    Ok(v["events"].as_f64().unwrap_or(0.0) / v["seconds"].as_f64().unwrap_or(1.0))
+}

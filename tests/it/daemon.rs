@@ -1,0 +1,729 @@
+//! The daemon (`wormvault serve`) as a process: HTTP semantics, crashes, outages, shutdown.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use wormvault::loadgen::{Client, Reply, free_port};
+
+use crate::util::{
+    BucketKind, admin_client, create_bucket, event, python, runtime, s3_endpoint, unique,
+};
+
+/// Tokens of the fixture: one per role.
+pub struct Tokens {
+    pub ingest: String,
+    pub admin: String,
+    pub compliance: String,
+    toml: String,
+}
+
+impl Tokens {
+    fn new() -> Tokens {
+        let mut toml = String::new();
+        let mut make = |name: &str, role: &str| {
+            let (secret, hash) = wormvault::auth::generate().unwrap();
+            toml.push_str(&format!(
+                "[[auth.tokens]]\nname = {name:?}\nsha256 = \"{hash}\"\nroles = [{role:?}]\n"
+            ));
+            secret
+        };
+        let ingest = make("capture", "ingest");
+        let admin = make("ops", "admin");
+        let compliance = make("examiner-desk", "compliance");
+        Tokens {
+            ingest,
+            admin,
+            compliance,
+            toml,
+        }
+    }
+}
+
+/// A `wormvault serve` child process on a free port, with its state in `dir`.
+pub struct Daemon {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    log_no: u32,
+}
+
+impl Daemon {
+    /// Writes the config (state in `dir`, `store_toml` for the store, `extra` TOML) and starts.
+    pub fn start(dir: &Path, store_toml: &str, extra: &str, tokens: Arc<Tokens>) -> Daemon {
+        let port = free_port();
+        let config = dir.join("daemon.toml");
+        let text = format!(
+            "state_dir = {:?}\n{extra}\n[server]\nlisten = \"127.0.0.1:{port}\"\ndrain_timeout = \"20s\"\n{}\n{store_toml}",
+            dir.join("state").display().to_string(),
+            tokens.toml
+        );
+        std::fs::write(&config, text).unwrap();
+        let mut d = Daemon {
+            child: None,
+            port,
+            dir: dir.to_owned(),
+            config,
+            log_no: 0,
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        self.log_no += 1;
+        let log =
+            std::fs::File::create(self.dir.join(format!("daemon-{}.log", self.log_no))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_wormvault"))
+            .args(["--log-format", "json", "--config"])
+            .arg(&self.config)
+            .arg("serve")
+            .env("WORMVAULT_LOG", "info")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let client = self.client();
+        runtime()
+            .block_on(client.wait_healthy(Duration::from_secs(60)))
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&format!("http://127.0.0.1:{}", self.port))
+    }
+
+    pub fn logs(&self) -> String {
+        (1..=self.log_no)
+            .map(|n| {
+                std::fs::read_to_string(self.dir.join(format!("daemon-{n}.log")))
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn term(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not exit after SIGTERM:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn local_store(dir: &Path) -> String {
+    format!(
+        "[store.local]\npath = {:?}\n",
+        dir.join("archive").display().to_string()
+    )
+}
+
+fn ndjson(events: &[String]) -> Bytes {
+    Bytes::from(events.iter().map(|e| format!("{e}\n")).collect::<String>())
+}
+
+fn events(tag: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            event(
+                &format!("{tag}-{i:06}"),
+                "2026-11-20T10:00:00.000001Z",
+                "trade.new",
+                &format!("T-{i}"),
+            )
+        })
+        .collect()
+}
+
+fn post(client: &Client, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+    runtime()
+        .block_on(client.send("POST", "/v1/events", headers, body.into()))
+        .unwrap()
+}
+
+/// Event ids an independent reader finds in the archive under `dir`, with repetitions.
+fn archived_ids(dir: &Path) -> Vec<String> {
+    let report = python("verify_archive.py", &[dir.to_str().unwrap()]);
+    assert_eq!(
+        report["problems"],
+        serde_json::json!([]),
+        "independent verifier found problems"
+    );
+    report["event_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn refusals_on_every_endpoint_are_401_or_403_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = Arc::new(Tokens::new());
+    let mut d = Daemon::start(dir.path(), &local_store(dir.path()), "", tokens.clone());
+    let c = d.client();
+    let rt = runtime();
+    let body = ndjson(&events("auth", 1));
+    let bearer = |t: &str| format!("Bearer {t}");
+    let cases: Vec<(&str, Option<String>, u16)> = vec![
+        ("/v1/events", None, 401),
+        ("/v1/events", Some("Bearer wv_0000".into()), 401),
+        ("/v1/events", Some(tokens.ingest.clone()), 401), // no scheme
+        ("/v1/events", Some(bearer(&tokens.admin)), 403),
+        ("/v1/events", Some(bearer(&tokens.compliance)), 403),
+        ("/v1/flush", None, 401),
+        ("/v1/flush", Some("Bearer nope".into()), 401),
+        ("/v1/flush", Some(bearer(&tokens.ingest)), 403),
+        ("/v1/flush", Some(bearer(&tokens.compliance)), 403),
+    ];
+    for (path, auth, want) in &cases {
+        let mut headers = vec![("content-type", "application/x-ndjson")];
+        if let Some(a) = auth {
+            headers.push(("authorization", a.as_str()));
+        }
+        let r = rt
+            .block_on(c.send("POST", path, &headers, body.clone()))
+            .unwrap();
+        assert_eq!(r.status, *want, "{path} {auth:?}: {}", r.text());
+        assert!(
+            r.json()["error"].as_str().unwrap().contains("role"),
+            "{}",
+            r.text()
+        );
+        if *want == 401 {
+            assert_eq!(r.headers.get("www-authenticate").unwrap(), "Bearer");
+        }
+    }
+    // The right roles pass.
+    assert_eq!(
+        post(
+            &c,
+            &[
+                ("authorization", &bearer(&tokens.ingest)),
+                ("content-type", "application/x-ndjson")
+            ],
+            body.clone()
+        )
+        .status,
+        200
+    );
+    assert_eq!(rt.block_on(c.flush(&tokens.admin)).unwrap().status, 200);
+    let refused = rt
+        .block_on(c.metric("wormvault_auth_refused_total{reason=\"forbidden\"}"))
+        .unwrap();
+    assert_eq!(refused, 4.0);
+    assert_eq!(d.term(), Some(0));
+    let logs = d.logs();
+    assert_eq!(
+        logs.matches("Refused a request").count(),
+        cases.len(),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("\"path\":\"/v1/flush\"") && logs.contains("\"reason\":\"forbidden\""),
+        "{logs}"
+    );
+}
+
+#[test]
+fn malformed_input_gets_precise_answers_and_good_events_still_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = Arc::new(Tokens::new());
+    let mut d = Daemon::start(dir.path(), &local_store(dir.path()), "", tokens.clone());
+    let c = d.client();
+    let auth = format!("Bearer {}", tokens.ingest);
+    let nd = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/x-ndjson"),
+    ];
+    let js = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let good = events("mal", 6);
+
+    // A mix of good and bad lines in one request.
+    let deep = events("deep", 1)[0].replace(
+        "\"payload\":{",
+        &format!(
+            "\"payload\":{{\"n\":{}1{},",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        ),
+    );
+    let mut body: Vec<u8> = Vec::new();
+    for line in [
+        good[0].as_bytes(),
+        b"{\"event_id\":\"trunc-1\",\"occurred_at\":\"2026-11-20T10:",
+        good[1].as_bytes(),
+        &[0xde, 0xad, 0xbe, 0xef, 0x00, 0xff, 0x10],
+        good[2].as_bytes(),
+        b"{\"event_id\":\"nul\0byte\"}",
+        deep.as_bytes(),
+        good[3].as_bytes(),
+    ] {
+        body.extend_from_slice(line);
+        body.push(b'\n');
+    }
+    let r = post(&c, &nd, body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(
+        (v["accepted"].as_u64(), v["rejected"].as_u64()),
+        (Some(4), Some(4)),
+        "{v}"
+    );
+    let results = v["results"].as_array().unwrap();
+    let codes: Vec<(u64, &str)> = results
+        .iter()
+        .filter(|r| r["status"] == "rejected")
+        .map(|r| (r["line"].as_u64().unwrap(), r["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            (2, "malformed"),
+            (4, "invalid_utf8"),
+            (6, "malformed"),
+            (7, "invalid_value")
+        ],
+        "{v}"
+    );
+    assert!(
+        results[6]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("nested deeper"),
+        "{v}"
+    );
+    assert_eq!(results[6]["event_id"], "deep-000000");
+    assert_eq!(
+        results[1]["event_id"], "trunc-1",
+        "a broken event is still named"
+    );
+    assert!(
+        results
+            .iter()
+            .all(|r| r["reason"].as_str().is_none_or(|s| s.len() > 10))
+    );
+
+    // A 10 MB single line: that event is too large, the request is fine.
+    let big = format!(
+        "{}\n{}\n",
+        good[4].replace(
+            "\"qty\":100",
+            &format!("\"blob\":\"{}\",\"qty\":100", "x".repeat(10 << 20))
+        ),
+        good[5]
+    );
+    let r = post(&c, &nd, big);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["results"][0]["code"], "too_large");
+    assert_eq!(r.json()["accepted"], 1);
+
+    // Whole-request refusals.
+    assert_eq!(post(&c, &nd, "").status, 400);
+    assert_eq!(post(&c, &nd, "\n \n").status, 400);
+    assert_eq!(post(&c, &js, "{not json").status, 400);
+    assert_eq!(post(&c, &js, "[]").status, 400);
+    let wrong = [
+        ("authorization", auth.as_str()),
+        ("content-type", "text/plain"),
+    ];
+    let r = post(&c, &wrong, good[0].clone());
+    assert_eq!(r.status, 415);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("application/x-ndjson")
+    );
+    assert_eq!(
+        post(&c, &[("authorization", auth.as_str())], good[0].clone()).status,
+        415
+    );
+    assert_eq!(post(&c, &nd, vec![b'{'; 17 << 20]).status, 413);
+
+    // A JSON array: per-element answers; a single JSON event.
+    let array = format!(
+        "[{}, {{\"event_id\":\"arr-bad\"}}, {}]",
+        events("arr", 1)[0],
+        good[0]
+    );
+    let v = post(&c, &js, array).json();
+    assert_eq!(
+        (
+            v["accepted"].as_u64(),
+            v["duplicates"].as_u64(),
+            v["rejected"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{v}"
+    );
+    assert_eq!(v["results"][1]["code"], "missing_field");
+    let v = post(&c, &js, events("single", 1)[0].clone()).json();
+    assert_eq!(v["accepted"], 1);
+
+    // Still serving, and everything accepted is archived, exactly once.
+    assert_eq!(runtime().block_on(c.get("/healthz")).unwrap().status, 200);
+    assert_eq!(
+        runtime().block_on(c.flush(&tokens.admin)).unwrap().json()["uploaded"],
+        true
+    );
+    assert_eq!(d.term(), Some(0));
+    let ids: BTreeSet<String> = archived_ids(&dir.path().join("archive"))
+        .into_iter()
+        .collect();
+    let want: BTreeSet<String> = [
+        "mal-000000",
+        "mal-000001",
+        "mal-000002",
+        "mal-000003",
+        "mal-000005",
+        "arr-000000",
+        "single-000000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(ids, want);
+}
+
+/// Clients post continuously while the daemon is killed with SIGKILL at random moments and
+/// restarted; every acknowledged event must be archived exactly once.
+#[test]
+fn a_crash_loop_loses_no_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = Arc::new(Tokens::new());
+    let extra = "[batch]\nmax_events = 150\nmax_age = \"300ms\"\n";
+    let mut d = Daemon::start(dir.path(), &local_store(dir.path()), extra, tokens.clone());
+    let port = Arc::new(std::sync::atomic::AtomicU16::new(d.port));
+    let acked: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rt = runtime();
+    let mut clients = Vec::new();
+    for c in 0..3 {
+        let (acked, stop, token, port) = (
+            acked.clone(),
+            stop.clone(),
+            tokens.ingest.clone(),
+            port.clone(),
+        );
+        clients.push(rt.spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let batch = events(&format!("crash{c}-{n:05}"), 20);
+                n += 1;
+                // Retry the same batch until it is answered, as a real client would.
+                loop {
+                    let client = Client::new(&format!(
+                        "http://127.0.0.1:{}",
+                        port.load(std::sync::atomic::Ordering::Acquire)
+                    ));
+                    match client.post_events(&token, ndjson(&batch)).await {
+                        Ok(r) if r.status == 200 => {
+                            let v = r.json();
+                            let mut set = acked.lock().unwrap();
+                            for res in v["results"].as_array().unwrap() {
+                                assert!(
+                                    matches!(
+                                        res["status"].as_str(),
+                                        Some("accepted" | "duplicate")
+                                    ),
+                                    "{res}"
+                                );
+                                set.insert(res["event_id"].as_str().unwrap().to_owned());
+                            }
+                            break;
+                        }
+                        _ => {
+                            if stop.load(std::sync::atomic::Ordering::Acquire) {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(30)).await;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let mut rng = wormvault::bench::Rng::new(Instant::now().elapsed().as_nanos() as u64 ^ 0x5eed);
+    let mut kills = 0;
+    while kills < 22 {
+        std::thread::sleep(Duration::from_millis(80 + rng.below(400)));
+        d.kill9();
+        kills += 1;
+        d.spawn();
+        port.store(d.port, std::sync::atomic::Ordering::Release);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    for c in clients {
+        rt.block_on(c).unwrap();
+    }
+    // One more crash with nothing in flight, then a clean stop that uploads everything.
+    d.restart();
+    assert_eq!(
+        rt.block_on(d.client().flush(&tokens.admin)).unwrap().json()["uploaded"],
+        true,
+        "{}",
+        d.logs()
+    );
+    assert_eq!(d.term(), Some(0));
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 500,
+        "the clients got {} events acknowledged",
+        acked.len()
+    );
+    let ids = archived_ids(&dir.path().join("archive"));
+    let unique_ids: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(
+        ids.len(),
+        unique_ids.len(),
+        "an event is archived more than once"
+    );
+    let lost: Vec<&String> = acked.difference(&unique_ids).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged events are not archived, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(
+        d.logs().contains("Replayed acknowledged events"),
+        "some kills must have left events to replay"
+    );
+}
+
+/// The store goes away under load: acknowledged events stay safe, the spool fills to its limit
+/// and back-pressure (429 + Retry-After) engages, and the daemon recovers by itself.
+#[test]
+fn a_store_outage_engages_backpressure_and_recovers() {
+    let rt = runtime();
+    let bucket = unique("outage");
+    rt.block_on(create_bucket(
+        &admin_client(&s3_endpoint()),
+        &bucket,
+        BucketKind::LockWithDefault,
+    ));
+    let upstream: std::net::SocketAddr =
+        s3_endpoint().trim_start_matches("http://").parse().unwrap();
+    let proxy = rt.block_on(crate::proxy::Proxy::start(upstream));
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = Arc::new(Tokens::new());
+    let store = format!(
+        "[store]\nkind = \"s3\"\n[store.s3]\nbucket = {bucket:?}\nendpoint = \"{}\"\nconnect_timeout = \"1s\"\noperation_timeout = \"3s\"\n",
+        proxy.url()
+    );
+    let extra = "[batch]\nmax_events = 100\nmax_age = \"200ms\"\n[spool]\nmax_bytes = \"300KiB\"\nfile_bytes = \"32KiB\"\n[upload]\nbackoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n";
+    let mut d = Daemon::start(dir.path(), &store, extra, tokens.clone());
+    let c = d.client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rt.block_on(c.get("/readyz")).unwrap().status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "never ready: {}",
+            rt.block_on(c.get("/readyz")).unwrap().text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let mut acked = BTreeSet::new();
+    let mut send = |tag: String| -> (u16, Option<String>) {
+        let batch = events(&tag, 50);
+        let r = rt
+            .block_on(c.post_events(&tokens.ingest, ndjson(&batch)))
+            .unwrap();
+        if r.status == 200 {
+            for res in r.json()["results"].as_array().unwrap() {
+                acked.insert(res["event_id"].as_str().unwrap().to_owned());
+            }
+        }
+        (
+            r.status,
+            r.headers
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned()),
+        )
+    };
+    assert_eq!(send("before".into()).0, 200);
+    assert_eq!(
+        rt.block_on(c.flush(&tokens.admin)).unwrap().json()["uploaded"],
+        true
+    );
+
+    proxy.set_down(true);
+    // Wait until uploads really fail, then fill the spool.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    while rt
+        .block_on(c.metric("wormvault_upload_errors_total"))
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "uploads never failed during the outage:\n{}",
+            d.logs()
+        );
+        assert_eq!(send(format!("early{n:03}")).0, 200);
+        n += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut refused = None;
+    for n in 0..200 {
+        let (status, retry) = send(format!("during{n:03}"));
+        if status == 429 {
+            refused = Some(retry);
+            break;
+        }
+        assert_eq!(status, 200);
+    }
+    let retry = refused.expect("back-pressure never engaged");
+    assert!(
+        retry.is_some_and(|s| s.parse::<u32>().unwrap() > 0),
+        "429 carries Retry-After"
+    );
+    let spool = rt.block_on(c.metric("wormvault_spool_bytes")).unwrap();
+    assert!(
+        spool >= 300.0 * 1024.0,
+        "the spool is at its limit: {spool}"
+    );
+    // Not ready while the store is gone.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rt.block_on(c.get("/readyz")).unwrap().status == 200 {
+        assert!(
+            Instant::now() < deadline,
+            "readyz stayed 200 during the outage"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    proxy.set_down(false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, _) = send(format!("after{}", Instant::now().elapsed().as_nanos()));
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not recover:\n{}",
+            d.logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        rt.block_on(c.flush(&tokens.admin)).unwrap().json()["uploaded"],
+        true
+    );
+    assert_eq!(d.term(), Some(0));
+    assert!(d.logs().contains("uploads resumed"), "{}", d.logs());
+    let target = crate::util::Target {
+        backend: crate::util::Backend::LocalStack,
+        dir: tempfile::tempdir().unwrap(),
+        bucket,
+        endpoint: s3_endpoint(),
+        rt: runtime(),
+    };
+    let ids = archived_ids(&target.materialize());
+    let unique_ids: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(ids.len(), unique_ids.len());
+    assert!(
+        acked.is_subset(&unique_ids),
+        "{} acknowledged events missing",
+        acked.difference(&unique_ids).count()
+    );
+}
+
+#[test]
+fn graceful_shutdown_under_load_keeps_every_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = Arc::new(Tokens::new());
+    let extra = "[batch]\nmax_age = \"30s\"\n";
+    let mut d = Daemon::start(dir.path(), &local_store(dir.path()), extra, tokens.clone());
+    let acked: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let rt = runtime();
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let (acked, token, client) = (acked.clone(), tokens.ingest.clone(), d.client());
+        clients.push(rt.spawn(async move {
+            for n in 0.. {
+                let batch = events(&format!("term{c}-{n:05}"), 25);
+                match client.post_events(&token, ndjson(&batch)).await {
+                    Ok(r) if r.status == 200 => {
+                        let mut set = acked.lock().unwrap();
+                        for res in r.json()["results"].as_array().unwrap() {
+                            set.insert(res["event_id"].as_str().unwrap().to_owned());
+                        }
+                    }
+                    Ok(r) if r.status == 503 => return,
+                    _ => return,
+                }
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(d.term(), Some(0), "{}", d.logs());
+    for c in clients {
+        rt.block_on(c).unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 100, "{}", acked.len());
+    // Everything acknowledged was sealed and stored before the process exited.
+    let ids = archived_ids(&dir.path().join("archive"));
+    let unique_ids: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(ids.len(), unique_ids.len());
+    assert!(
+        acked.is_subset(&unique_ids),
+        "{} acknowledged events missing",
+        acked.difference(&unique_ids).count()
+    );
+    assert!(
+        d.logs()
+            .contains("Everything acknowledged is sealed and in the store"),
+        "{}",
+        d.logs()
+    );
+}
