@@ -727,3 +727,172 @@ fn graceful_shutdown_under_load_keeps_every_acknowledged_event() {
         d.logs()
     );
 }
+
+/// With a certificate and key configured, the daemon speaks HTTPS only.
+#[test]
+fn tls_is_served_when_a_certificate_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args([
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success(), "openssl could not make a test certificate");
+    let tokens = Arc::new(Tokens::new());
+    let tls = format!(
+        "tls_cert = {:?}\ntls_key = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    // The fixture's [server] section gets the TLS lines through a second config layer.
+    let port = free_port();
+    let config = dir.path().join("tls.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\n[server]\nlisten = \"127.0.0.1:{port}\"\n{tls}{}\n{}",
+            dir.path().join("state").display().to_string(),
+            tokens.toml,
+            local_store(dir.path())
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wormvault"))
+        .args(["--config"])
+        .arg(&config)
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let curl = |args: &[&str]| {
+        Command::new("curl")
+            .args(["-s", "--max-time", "5"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let url = format!("https://127.0.0.1:{port}/healthz");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = curl(&["--cacert", cert.to_str().unwrap(), &url]);
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no HTTPS answer");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // An event over HTTPS; plain HTTP on the same port gets nothing.
+    let auth = format!("Authorization: Bearer {}", tokens.ingest);
+    let body = events("tls", 1)[0].clone();
+    let out = curl(&[
+        "--cacert",
+        cert.to_str().unwrap(),
+        "-H",
+        &auth,
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        &body,
+        &format!("https://127.0.0.1:{port}/v1/events"),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"accepted\":1"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !curl(&[&format!("http://127.0.0.1:{port}/healthz")])
+            .stdout
+            .starts_with(b"ok")
+    );
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+/// Two daemons with their own writer ids share one bucket: their keys and chains stay apart.
+#[test]
+fn daemons_sharing_a_bucket_keep_their_chains_apart() {
+    let rt = runtime();
+    let bucket = unique("shared");
+    rt.block_on(create_bucket(
+        &admin_client(&s3_endpoint()),
+        &bucket,
+        BucketKind::LockWithDefault,
+    ));
+    let store = format!(
+        "[store]\nkind = \"s3\"\n[store.s3]\nbucket = {bucket:?}\nendpoint = \"{}\"\n",
+        s3_endpoint()
+    );
+    let tokens = Arc::new(Tokens::new());
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = Daemon::start(
+        da.path(),
+        &store,
+        "writer_id = \"ingest-a\"\n",
+        tokens.clone(),
+    );
+    let mut b = Daemon::start(
+        db.path(),
+        &store,
+        "writer_id = \"ingest-b\"\n",
+        tokens.clone(),
+    );
+    for round in 0..3 {
+        for (d, tag) in [(&a, "a"), (&b, "b")] {
+            let r = rt
+                .block_on(d.client().post_events(
+                    &tokens.ingest,
+                    ndjson(&events(&format!("{tag}{round}"), 30)),
+                ))
+                .unwrap();
+            assert_eq!(r.json()["accepted"], 30);
+            assert_eq!(
+                rt.block_on(d.client().flush(&tokens.admin)).unwrap().json()["uploaded"],
+                true
+            );
+        }
+    }
+    assert_eq!((a.term(), b.term()), (Some(0), Some(0)));
+    let target = crate::util::Target {
+        backend: crate::util::Backend::LocalStack,
+        dir: tempfile::tempdir().unwrap(),
+        bucket,
+        endpoint: s3_endpoint(),
+        rt: runtime(),
+    };
+    let report = python(
+        "verify_archive.py",
+        &[target.materialize().to_str().unwrap()],
+    );
+    assert_eq!(report["problems"], serde_json::json!([]));
+    assert_eq!(report["events"], 180);
+    assert_eq!(
+        report["writers"],
+        serde_json::json!({"ingest-a": 3, "ingest-b": 3})
+    );
+}
