@@ -61,6 +61,25 @@ pub enum Command {
     },
     /// Upload sealed batches still waiting in the local outbox (after a store outage).
     Upload,
+    /// Sweep the archive: check every object, lock, version, checksum and chain (and with
+    /// `--full` every row and root). Exit 0 clean, 1 findings, 2 the sweep could not run.
+    Verify {
+        /// Decode every segment and recompute every leaf and root.
+        #[arg(long)]
+        full: bool,
+        /// First UTC day (YYYY-MM-DD) to sweep.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last UTC day to sweep.
+        #[arg(long)]
+        to: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Do not store the report in the archive (for read-only credentials).
+        #[arg(long)]
+        no_report: bool,
+    },
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -191,6 +210,18 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Token { name, roles } => token_cmd(&name, &roles),
+        Command::Verify {
+            full,
+            from,
+            to,
+            json,
+            no_report,
+        } => {
+            let Ok(settings) = load_settings(cli.config.as_deref()) else {
+                return ExitCode::from(2);
+            };
+            verify_cmd(settings, full, from, to, json, no_report)
+        }
         Command::Bench(BenchCommand::Gen {
             events,
             out,
@@ -284,6 +315,80 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("Received SIGTERM."),
         _ = int.recv() => tracing::info!("Received SIGINT."),
+    }
+}
+
+fn verify_cmd(
+    settings: Settings,
+    full: bool,
+    from: Option<String>,
+    to: Option<String>,
+    json: bool,
+    no_report: bool,
+) -> ExitCode {
+    let day = |s: Option<String>, what: &str| -> Result<Option<Day>, ExitCode> {
+        match s {
+            None => Ok(None),
+            Some(s) => Day::parse(&s).map(Some).ok_or_else(|| {
+                eprintln!("error: --{what} must be a day like 2026-11-20, not {s:?}");
+                ExitCode::from(2)
+            }),
+        }
+    };
+    let (from, to) = match (day(from, "from"), day(to, "to")) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(c), _) | (_, Err(c)) => return c,
+    };
+    let rt = runtime();
+    let result = rt.block_on(async {
+        let store = crate::archive::open_store(&settings).await.map_err(|e| e.to_string())?;
+        let sweeper = crate::sweep::Sweeper { store, layout: settings.layout.clone(), retention: settings.retention.clone() };
+        let opts = crate::sweep::SweepOptions {
+            level: if full { crate::sweep::Level::Full } else { crate::sweep::Level::Quick },
+            from,
+            to,
+            days: None,
+            parallelism: 4,
+        };
+        let report = sweeper.run(&opts).await.map_err(|e| e.to_string())?;
+        let stored = if no_report {
+            Vec::new()
+        } else {
+            sweeper.store_report(&report).await.map_err(|e| {
+                format!("the sweep ran but its report could not be stored ({e}); with read-only credentials use --no-report")
+            })?
+        };
+        Ok::<_, String>((report, stored))
+    });
+    let (report, stored) = match result {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for f in report
+        .findings
+        .iter()
+        .filter(|f| f.severity == crate::sweep::Severity::Error)
+    {
+        tracing::error!(class = f.class.code(), key = %f.key, version = f.version.as_deref(), "Integrity finding: {}", f.message);
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("serializable")
+        );
+    } else {
+        print!("{}", report.summary());
+        for k in &stored {
+            println!("report stored sealed at {k}");
+        }
+    }
+    if report.errors() > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -629,10 +629,8 @@ pub struct Record {
 impl Record {
     pub fn new(event: Event, ingested_at: Timestamp, retention_class: Arc<str>) -> Record {
         let mut stored = String::with_capacity(event.payload.len() + 448);
-        let spans = write_canonical_spans(
-            &event,
-            Some(ingested_at),
-            Some(&retention_class),
+        let spans = write_view_spans(
+            &event.view(Some(ingested_at), Some(&retention_class)),
             &mut stored,
         );
         // The submitted form is the stored one without `ingested_at` and with the submitted
@@ -768,6 +766,55 @@ struct StoredSubject<'a> {
     kind: Cow<'a, str>,
 }
 
+/// The fields of a canonical record, borrowed: from an [`Event`], or from a segment's columns.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordView<'a> {
+    pub event_id: &'a str,
+    pub occurred_at: Timestamp,
+    /// Absent in the submitted form used for the content digest.
+    pub ingested_at: Option<Timestamp>,
+    pub actor_type: &'a str,
+    pub actor_id: &'a str,
+    pub actor_role: Option<&'a str>,
+    pub action: &'a str,
+    pub subject_type: &'a str,
+    pub subject_id: &'a str,
+    pub origin_ip: Option<&'a str>,
+    pub origin_device: Option<&'a str>,
+    pub source: &'a str,
+    pub retention_class: Option<&'a str>,
+    pub correlation_id: Option<&'a str>,
+    /// The payload in canonical (JCS) form.
+    pub payload: &'a str,
+}
+
+impl Event {
+    /// This event as a record view, with what the archive adds.
+    pub fn view<'a>(
+        &'a self,
+        ingested_at: Option<Timestamp>,
+        class: Option<&'a str>,
+    ) -> RecordView<'a> {
+        RecordView {
+            event_id: &self.event_id,
+            occurred_at: self.occurred_at,
+            ingested_at,
+            actor_type: self.actor.kind.as_str(),
+            actor_id: &self.actor.id,
+            actor_role: self.actor.role.as_deref(),
+            action: &self.action,
+            subject_type: &self.subject.kind,
+            subject_id: &self.subject.id,
+            origin_ip: self.origin.as_ref().and_then(|o| o.ip.as_deref()),
+            origin_device: self.origin.as_ref().and_then(|o| o.device.as_deref()),
+            source: self.source.as_str(),
+            retention_class: class,
+            correlation_id: self.correlation_id.as_deref(),
+            payload: &self.payload,
+        }
+    }
+}
+
 /// Writes the JCS form of an event. Keys are emitted in RFC 8785 order (all ASCII, so byte
 /// order); a test checks the output is a fixed point of [`canonical::canonicalize`].
 pub fn write_canonical(
@@ -776,7 +823,7 @@ pub fn write_canonical(
     class: Option<&str>,
     out: &mut String,
 ) {
-    write_canonical_spans(e, ingested_at, class, out);
+    write_view(&e.view(ingested_at, class), out);
 }
 
 /// Where the optional members were written, as byte ranges including their leading comma.
@@ -785,34 +832,34 @@ struct Spans {
     retention_class: Option<std::ops::Range<usize>>,
 }
 
-fn write_canonical_spans(
-    e: &Event,
-    ingested_at: Option<Timestamp>,
-    class: Option<&str>,
-    out: &mut String,
-) -> Spans {
+/// Writes the JCS form of a record view.
+pub fn write_view(v: &RecordView<'_>, out: &mut String) {
+    write_view_spans(v, out);
+}
+
+fn write_view_spans(v: &RecordView<'_>, out: &mut String) -> Spans {
     let mut spans = Spans {
         ingested_at: None,
         retention_class: None,
     };
     out.push_str("{\"action\":");
-    write_string(out, &e.action);
+    write_string(out, v.action);
     out.push_str(",\"actor\":{\"id\":");
-    write_string(out, &e.actor.id);
-    if let Some(role) = &e.actor.role {
+    write_string(out, v.actor_id);
+    if let Some(role) = v.actor_role {
         out.push_str(",\"role\":");
         write_string(out, role);
     }
-    out.push_str(",\"type\":\"");
-    out.push_str(e.actor.kind.as_str());
-    out.push_str("\"}");
-    if let Some(c) = &e.correlation_id {
+    out.push_str(",\"type\":");
+    write_string(out, v.actor_type);
+    out.push('}');
+    if let Some(c) = v.correlation_id {
         out.push_str(",\"correlation_id\":");
         write_string(out, c);
     }
     out.push_str(",\"event_id\":");
-    write_string(out, &e.event_id);
-    if let Some(t) = ingested_at {
+    write_string(out, v.event_id);
+    if let Some(t) = v.ingested_at {
         let start = out.len();
         out.push_str(",\"ingested_at\":\"");
         t.write_to(out);
@@ -820,18 +867,16 @@ fn write_canonical_spans(
         spans.ingested_at = Some(start..out.len());
     }
     out.push_str(",\"occurred_at\":\"");
-    e.occurred_at.write_to(out);
+    v.occurred_at.write_to(out);
     out.push('"');
-    if let Some(o) = &e.origin {
+    if v.origin_ip.is_some() || v.origin_device.is_some() {
         out.push_str(",\"origin\":{");
-        let mut first = true;
-        if let Some(d) = &o.device {
+        if let Some(d) = v.origin_device {
             out.push_str("\"device\":");
             write_string(out, d);
-            first = false;
         }
-        if let Some(ip) = &o.ip {
-            if !first {
+        if let Some(ip) = v.origin_ip {
+            if v.origin_device.is_some() {
                 out.push(',');
             }
             out.push_str("\"ip\":");
@@ -840,19 +885,19 @@ fn write_canonical_spans(
         out.push('}');
     }
     out.push_str(",\"payload\":");
-    out.push_str(&e.payload);
-    if let Some(c) = class {
+    out.push_str(v.payload);
+    if let Some(c) = v.retention_class {
         let start = out.len();
         out.push_str(",\"retention_class\":");
         write_string(out, c);
         spans.retention_class = Some(start..out.len());
     }
-    out.push_str(",\"source\":\"");
-    out.push_str(e.source.as_str());
-    out.push_str("\",\"subject\":{\"id\":");
-    write_string(out, &e.subject.id);
+    out.push_str(",\"source\":");
+    write_string(out, v.source);
+    out.push_str(",\"subject\":{\"id\":");
+    write_string(out, v.subject_id);
     out.push_str(",\"type\":");
-    write_string(out, &e.subject.kind);
+    write_string(out, v.subject_type);
     out.push_str("}}");
     spans
 }

@@ -3,6 +3,7 @@
 //! ```text
 //! {prefix}segments/dt=YYYY-MM-DD/{writer}-{batch_idx:012}.parquet   one batch's events
 //! {prefix}manifests/dt=YYYY-MM-DD/{writer}-{batch_idx:012}.json     the sealed record of it
+//! {prefix}sweeps/dt=YYYY-MM-DD/{sweep_id}.json and .txt                a sweep report (run day)
 //! ```
 //!
 //! `dt=` is the UTC day of the events' `occurred_at` (Hive partitioning, so DuckDB, Athena,
@@ -81,6 +82,7 @@ pub struct Layout {
 
 pub const SEGMENTS: &str = "segments/";
 pub const MANIFESTS: &str = "manifests/";
+pub const SWEEPS: &str = "sweeps/";
 
 impl Layout {
     /// `prefix` may be empty; otherwise a trailing `/` is added if missing.
@@ -123,6 +125,26 @@ impl Layout {
     /// The prefix of one day's manifests.
     pub fn manifests_of_day(&self, day: Day) -> String {
         format!("{}{MANIFESTS}dt={day}/", self.prefix)
+    }
+
+    /// The prefix of one day's segments.
+    pub fn segments_of_day(&self, day: Day) -> String {
+        format!("{}{SEGMENTS}dt={day}/", self.prefix)
+    }
+
+    /// A sweep report: `{prefix}sweeps/dt=YYYY-MM-DD/{sweep_id}.{json|txt}` (the day it ran).
+    pub fn sweep_report(&self, day: Day, sweep_id: &str, ext: &str) -> String {
+        format!("{}{SWEEPS}dt={day}/{sweep_id}.{ext}", self.prefix)
+    }
+
+    /// The day of a `…/dt=YYYY-MM-DD/` directory prefix returned by a listing.
+    pub fn day_of_dir(dir: &str) -> Option<Day> {
+        let d = dir
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()?
+            .strip_prefix("dt=")?;
+        Day::parse(d)
     }
 
     /// Parses a key this layout built; `None` for anything else.

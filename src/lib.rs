@@ -48,6 +48,7 @@ pub mod server;
 pub mod spool;
 pub mod state;
 pub mod store;
+pub mod sweep;
 pub mod telemetry;
 pub mod timestamp;
 pub mod upload;

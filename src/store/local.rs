@@ -167,7 +167,11 @@ impl LocalStore {
         let _ = fs::remove_file(&tmp_meta);
         result?;
         let head = self.head_blocking(key)?;
-        let versions = self.versions_blocking(key)?;
+        let versions = self
+            .versions_blocking(key)?
+            .into_iter()
+            .filter(|v| v.key == *key)
+            .collect::<Vec<_>>();
         check_sealed(req, &version_id, &head, &versions)?;
         Ok(PutReceipt {
             key: key.clone(),
@@ -213,18 +217,20 @@ impl LocalStore {
         })
     }
 
-    fn versions_blocking(&self, key: &str) -> Result<Vec<VersionEntry>, StoreError> {
-        match self.head_blocking(key) {
-            Ok(h) => Ok(vec![VersionEntry {
-                key: key.to_owned(),
+    /// One version per present object (a directory keeps no history).
+    fn versions_blocking(&self, prefix: &str) -> Result<Vec<VersionEntry>, StoreError> {
+        let mut out = Vec::new();
+        for e in self.list_blocking(prefix)? {
+            let h = self.head_blocking(&e.key)?;
+            out.push(VersionEntry {
+                key: e.key,
                 version_id: h.version_id.unwrap_or_default(),
                 is_delete_marker: false,
                 is_latest: true,
                 size: h.size,
-            }]),
-            Err(StoreError::NotFound { .. }) => Ok(Vec::new()),
-            Err(e) => Err(e),
+            });
         }
+        Ok(out)
     }
 
     fn list_blocking(&self, prefix: &str) -> Result<Vec<ListEntry>, StoreError> {
@@ -360,14 +366,41 @@ impl WormStore for LocalStore {
         .await
     }
 
+    async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let dir = self.root.join(prefix.trim_end_matches('/'));
+        let prefix = prefix.to_owned();
+        blocking(move || {
+            let mut out = Vec::new();
+            match fs::read_dir(&dir) {
+                Ok(entries) => {
+                    for e in entries.flatten() {
+                        if e.file_type().is_ok_and(|t| t.is_dir()) {
+                            out.push(format!("{prefix}{}/", e.file_name().to_string_lossy()));
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(StoreError::Other {
+                        key: prefix,
+                        message: e.to_string(),
+                    });
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+        .await
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ListEntry>, StoreError> {
         let (this, prefix) = (self.clone(), prefix.to_owned());
         blocking(move || this.list_blocking(&prefix)).await
     }
 
-    async fn versions(&self, key: &str) -> Result<Vec<VersionEntry>, StoreError> {
-        let (this, key) = (self.clone(), key.to_owned());
-        blocking(move || this.versions_blocking(&key)).await
+    async fn versions(&self, prefix: &str) -> Result<Vec<VersionEntry>, StoreError> {
+        let (this, prefix) = (self.clone(), prefix.to_owned());
+        blocking(move || this.versions_blocking(&prefix)).await
     }
 
     /// The development store behaves as a versioned, COMPLIANCE-locked bucket; it has no

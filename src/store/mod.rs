@@ -220,8 +220,19 @@ pub trait WormStore: Send + Sync + 'static {
     /// Current objects under `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<ListEntry>, StoreError>;
 
+    /// The "directories" directly under `prefix` (which ends in `/`): the distinct key
+    /// segments up to the next `/`, each returned with its trailing `/`, in order.
+    async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Every version and delete marker of every key starting with `prefix`, in key order.
+    async fn versions(&self, prefix: &str) -> Result<Vec<VersionEntry>, StoreError>;
+
     /// Every version and delete marker of exactly `key`.
-    async fn versions(&self, key: &str) -> Result<Vec<VersionEntry>, StoreError>;
+    async fn versions_of(&self, key: &str) -> Result<Vec<VersionEntry>, StoreError> {
+        let mut all = self.versions(key).await?;
+        all.retain(|v| v.key == key);
+        Ok(all)
+    }
 
     /// The bucket's versioning and Object Lock configuration (read only).
     async fn bucket_lock(&self) -> Result<BucketLock, StoreError>;
@@ -346,7 +357,7 @@ async fn confirm_identical(
         });
     }
     let version_id = head.version_id.clone().unwrap_or_else(|| "null".into());
-    let versions = store.versions(&req.key).await?;
+    let versions = store.versions_of(&req.key).await?;
     check_sealed(req, &version_id, &head, &versions)?;
     Ok(PutReceipt {
         key: req.key.clone(),

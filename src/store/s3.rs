@@ -198,7 +198,7 @@ impl WormStore for S3Store {
             });
         };
         let head = self.head(&req.key, Some(&version_id)).await?;
-        let versions = self.versions(&req.key).await?;
+        let versions = self.versions_of(&req.key).await?;
         check_sealed(req, &version_id, &head, &versions)?;
         Ok(PutReceipt {
             key: req.key.clone(),
@@ -282,7 +282,35 @@ impl WormStore for S3Store {
         Ok(out)
     }
 
-    async fn versions(&self, key: &str) -> Result<Vec<VersionEntry>, StoreError> {
+    async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .delimiter("/")
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| map_err(prefix, e))?;
+            out.extend(
+                page.common_prefixes()
+                    .iter()
+                    .filter_map(|p| p.prefix().map(str::to_owned)),
+            );
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn versions(&self, prefix: &str) -> Result<Vec<VersionEntry>, StoreError> {
         let mut out = Vec::new();
         let (mut key_marker, mut version_marker): (Option<String>, Option<String>) = (None, None);
         loop {
@@ -290,29 +318,27 @@ impl WormStore for S3Store {
                 .client
                 .list_object_versions()
                 .bucket(&self.bucket)
-                .prefix(key)
+                .prefix(prefix)
                 .set_key_marker(key_marker.take())
                 .set_version_id_marker(version_marker.take())
                 .send()
                 .await
-                .map_err(|e| map_err(key, e))?;
-            let mut past_key = false;
+                .map_err(|e| map_err(prefix, e))?;
             for v in page.versions() {
-                match v.key() {
-                    Some(k) if k == key => out.push(VersionEntry {
+                if let Some(k) = v.key() {
+                    out.push(VersionEntry {
                         key: k.to_owned(),
                         version_id: v.version_id().unwrap_or("null").to_owned(),
                         is_delete_marker: false,
                         is_latest: v.is_latest().unwrap_or(false),
                         size: v.size().unwrap_or(0).max(0) as u64,
-                    }),
-                    _ => past_key = true,
+                    });
                 }
             }
             for m in page.delete_markers() {
-                if m.key() == Some(key) {
+                if let Some(k) = m.key() {
                     out.push(VersionEntry {
-                        key: key.to_owned(),
+                        key: k.to_owned(),
                         version_id: m.version_id().unwrap_or("null").to_owned(),
                         is_delete_marker: true,
                         is_latest: m.is_latest().unwrap_or(false),
@@ -320,7 +346,7 @@ impl WormStore for S3Store {
                     });
                 }
             }
-            if page.is_truncated() != Some(true) || past_key {
+            if page.is_truncated() != Some(true) {
                 break;
             }
             key_marker = page.next_key_marker().map(str::to_owned);
@@ -329,6 +355,7 @@ impl WormStore for S3Store {
                 break;
             }
         }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
 

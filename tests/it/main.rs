@@ -5,5 +5,6 @@ mod cli;
 mod daemon;
 mod proxy;
 mod store;
+mod sweep;
 mod tidy;
 mod util;

@@ -46,7 +46,7 @@ fn a_second_put_of_a_key_is_refused(backend: Backend) {
             store.get("segments/dt=2026-11-20/k", None).await.unwrap(),
             Bytes::from_static(b"first")
         );
-        let versions = store.versions("segments/dt=2026-11-20/k").await.unwrap();
+        let versions = store.versions_of("segments/dt=2026-11-20/k").await.unwrap();
         assert_eq!(versions.len(), 1, "{versions:?}");
         assert_eq!(versions[0].version_id, first.version_id);
     });
@@ -74,7 +74,7 @@ fn every_object_is_compliance_locked_with_one_version(backend: Backend) {
                 head.version_id.as_deref(),
                 Some(receipt.version_id.as_str())
             );
-            let versions = store.versions(&key).await.unwrap();
+            let versions = store.versions_of(&key).await.unwrap();
             assert_eq!(versions.len(), 1);
             assert!(!versions[0].is_delete_marker);
         }
@@ -101,7 +101,7 @@ fn retries_are_idempotent_and_changes_are_conflicts(backend: Backend) {
         assert!(matches!(r, Err(StoreError::Conflict { .. })), "{r:?}");
         assert_eq!(
             store
-                .versions("segments/dt=2026-11-20/idem")
+                .versions_of("segments/dt=2026-11-20/idem")
                 .await
                 .unwrap()
                 .len(),
@@ -269,7 +269,7 @@ fn a_server_that_ignores_if_none_match_is_caught() {
         }
         // put_or_confirm on a retry HEADs first and never creates a second version.
         let before = store
-            .versions("segments/dt=2026-11-20/again")
+            .versions_of("segments/dt=2026-11-20/again")
             .await
             .unwrap()
             .len();
@@ -279,7 +279,7 @@ fn a_server_that_ignores_if_none_match_is_caught() {
         put_or_confirm(&store, &req, true).await.unwrap();
         assert_eq!(
             store
-                .versions("segments/dt=2026-11-20/again")
+                .versions_of("segments/dt=2026-11-20/again")
                 .await
                 .unwrap()
                 .len(),

@@ -1,0 +1,986 @@
+//! Sweeps: proving that the archive is exactly what the pipeline wrote, and naming precisely
+//! what is wrong when it is not.
+//!
+//! A sweep walks the archive one UTC day (`dt=`) at a time, so memory does not grow with the
+//! archive. For each day it lists every version under `manifests/dt=D/` and `segments/dt=D/`
+//! (one listing each, which also reveals extra versions, delete markers and objects nobody
+//! wrote), reads each manifest, and checks the segment it names:
+//!
+//! - **quick**: each object is present; its archived version is locked in COMPLIANCE until at
+//!   least what its manifest requires (and what the retention rule requires); legal holds are
+//!   recorded; the key has exactly that one version; the current bytes have the manifest's size
+//!   and SHA-256 (the store's own checksum when it keeps one, otherwise read and hashed);
+//! - **full**: additionally every segment is decoded, every leaf recomputed from the stored
+//!   canonical bytes, every row's typed columns re-serialized and compared with them, and the
+//!   Merkle root and the footer compared with the manifest.
+//!
+//! Both check every writer's chain (a link, a gap or a fork) and every lane's numbering. The
+//! chain is checked by a streaming join — each manifest contributes "batch n has hash h" and
+//! "batch n−1 should have hash p" — so only links not yet matched are held in memory.
+//!
+//! Findings are data, not errors: an `Err` means the sweep itself could not run (the store
+//! was unreachable, say).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::layout::{KeyKind, Layout};
+use crate::manifest::Manifest;
+use crate::merkle::{self, Hash};
+use crate::retention::RetentionPolicy;
+use crate::store::{LockMode, ObjectInfo, PutRequest, StoreError, VersionEntry, WormStore};
+use crate::timestamp::{Day, Timestamp};
+
+/// How deep a sweep goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Quick,
+    Full,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Quick => "quick",
+            Level::Full => "full",
+        }
+    }
+}
+
+/// What kind of problem a finding is. The codes are stable.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingClass {
+    /// A manifest names an object (or a version of it) that is not in the store.
+    ObjectMissing,
+    /// The current version of an archived key is a delete marker: the record is hidden.
+    DeleteMarker,
+    /// An archived key has more than one version.
+    ExtraVersion,
+    /// The current version of a segment is not the one its manifest names.
+    VersionMismatch,
+    /// An archived object has no COMPLIANCE lock (none, or GOVERNANCE).
+    NotLocked,
+    /// An archived object is locked for less time than required.
+    RetentionTooShort,
+    SizeMismatch,
+    /// The bytes' SHA-256 is not the manifest's.
+    ChecksumMismatch,
+    /// A segment cannot be decoded as a segment.
+    SegmentUnreadable,
+    /// A row's `leaf_hash` is not SHA-256(0x00 ‖ its canonical bytes).
+    LeafMismatch,
+    /// A row's typed columns do not match its canonical bytes.
+    ColumnMismatch,
+    /// A row's `seq` is not its position.
+    SequenceMismatch,
+    /// The Merkle root recomputed from the rows is not the manifest's.
+    RootMismatch,
+    /// The segment's footer does not say what its manifest says.
+    FooterMismatch,
+    /// A manifest that cannot be read, is not canonical, or does not match its key.
+    ManifestInvalid,
+    /// A manifest's `prev_manifest_sha256` is not the hash of the writer's previous manifest.
+    ChainBroken,
+    /// A writer's chain is missing a batch.
+    ChainGap,
+    /// Two manifests claim the same place in a writer's chain.
+    ChainFork,
+    /// A lane's sequence numbers have a hole or an overlap.
+    LaneGap,
+    /// An object under the archive prefix that no manifest names, or not a key the pipeline
+    /// writes.
+    UnknownObject,
+    /// A legal hold is on (recorded, not a problem).
+    LegalHold,
+}
+
+impl FindingClass {
+    pub fn code(self) -> &'static str {
+        match self {
+            FindingClass::ObjectMissing => "object_missing",
+            FindingClass::DeleteMarker => "delete_marker",
+            FindingClass::ExtraVersion => "extra_version",
+            FindingClass::VersionMismatch => "version_mismatch",
+            FindingClass::NotLocked => "not_locked",
+            FindingClass::RetentionTooShort => "retention_too_short",
+            FindingClass::SizeMismatch => "size_mismatch",
+            FindingClass::ChecksumMismatch => "checksum_mismatch",
+            FindingClass::SegmentUnreadable => "segment_unreadable",
+            FindingClass::LeafMismatch => "leaf_mismatch",
+            FindingClass::ColumnMismatch => "column_mismatch",
+            FindingClass::SequenceMismatch => "sequence_mismatch",
+            FindingClass::RootMismatch => "root_mismatch",
+            FindingClass::FooterMismatch => "footer_mismatch",
+            FindingClass::ManifestInvalid => "manifest_invalid",
+            FindingClass::ChainBroken => "chain_broken",
+            FindingClass::ChainGap => "chain_gap",
+            FindingClass::ChainFork => "chain_fork",
+            FindingClass::LaneGap => "lane_gap",
+            FindingClass::UnknownObject => "unknown_object",
+            FindingClass::LegalHold => "legal_hold",
+        }
+    }
+
+    pub fn severity(self) -> Severity {
+        match self {
+            FindingClass::LegalHold => Severity::Info,
+            _ => Severity::Error,
+        }
+    }
+}
+
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Error,
+}
+
+/// One problem, with what was expected and what was found, and a sentence.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Finding {
+    pub class: FindingClass,
+    pub severity: Severity,
+    pub key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub found: Option<String>,
+    pub message: String,
+}
+
+impl Finding {
+    fn new(class: FindingClass, key: &str, message: impl Into<String>) -> Finding {
+        Finding {
+            class,
+            severity: class.severity(),
+            key: key.to_owned(),
+            version: None,
+            expected: None,
+            found: None,
+            message: message.into(),
+        }
+    }
+
+    fn version(mut self, v: Option<&str>) -> Finding {
+        self.version = v.map(str::to_owned);
+        self
+    }
+
+    fn expected_found(mut self, expected: impl ToString, found: impl ToString) -> Finding {
+        self.expected = Some(expected.to_string());
+        self.found = Some(found.to_string());
+        self
+    }
+}
+
+/// What to sweep.
+#[derive(Clone, Debug)]
+pub struct SweepOptions {
+    pub level: Level,
+    pub from: Option<Day>,
+    pub to: Option<Day>,
+    /// Sweep exactly these days (incremental sweeps); otherwise every day in range.
+    pub days: Option<BTreeSet<Day>>,
+    /// Objects checked at once.
+    pub parallelism: usize,
+}
+
+/// Counts of a sweep.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counts {
+    pub days: u64,
+    pub manifests: u64,
+    pub segments: u64,
+    pub events: u64,
+    /// Bytes read and hashed or decoded.
+    pub bytes_verified: u64,
+}
+
+/// The report of one sweep: stored sealed in the archive, printed by `wormvault verify`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct SweepReport {
+    pub format: String,
+    pub id: String,
+    pub level: Level,
+    pub store: String,
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
+    pub from: Option<Day>,
+    pub to: Option<Day>,
+    /// True when the chain could be checked end to end (the sweep covered every day).
+    pub complete: bool,
+    pub counts: Counts,
+    /// Per writer: the number of manifests seen and the highest batch index.
+    pub writers: BTreeMap<String, (u64, u64)>,
+    pub findings: Vec<Finding>,
+}
+
+impl SweepReport {
+    pub fn errors(&self) -> usize {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .count()
+    }
+
+    /// Findings per class.
+    pub fn by_class(&self) -> BTreeMap<FindingClass, usize> {
+        let mut m = BTreeMap::new();
+        for f in &self.findings {
+            *m.entry(f.class).or_insert(0) += 1;
+        }
+        m
+    }
+
+    /// A summary for people.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "wormvault sweep {} ({} level) of {}",
+            self.id,
+            self.level.as_str(),
+            self.store
+        );
+        let _ = writeln!(s, "ran {} to {}", self.started_at, self.finished_at);
+        let range = match (self.from, self.to) {
+            (None, None) => "every day".to_owned(),
+            (f, t) => format!(
+                "days {} to {}",
+                f.map_or("the first".into(), |d| d.to_string()),
+                t.map_or("the last".into(), |d| d.to_string())
+            ),
+        };
+        let c = &self.counts;
+        let _ = writeln!(
+            s,
+            "covered {range}: {} days, {} manifests, {} segments, {} events, {} bytes verified",
+            c.days, c.manifests, c.segments, c.events, c.bytes_verified
+        );
+        for (w, (n, last)) in &self.writers {
+            let _ = writeln!(s, "writer {w}: {n} manifests, up to batch {last}");
+        }
+        if self.errors() == 0 {
+            let _ = writeln!(
+                s,
+                "RESULT: no integrity findings. The archive is what the pipeline wrote."
+            );
+        } else {
+            let _ = writeln!(s, "RESULT: {} integrity findings:", self.errors());
+        }
+        for f in &self.findings {
+            let _ = write!(
+                s,
+                "  [{}] {} {}: {}",
+                f.severity_text(),
+                f.class.code(),
+                f.key,
+                f.message
+            );
+            if let (Some(e), Some(fd)) = (&f.expected, &f.found) {
+                let _ = write!(s, " (expected {e}, found {fd})");
+            }
+            let _ = writeln!(s);
+        }
+        s
+    }
+}
+
+impl Finding {
+    fn severity_text(&self) -> &'static str {
+        match self.severity {
+            Severity::Info => "info",
+            Severity::Error => "ERROR",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("the sweep could not read the store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The chain join: what each (writer, batch) says and is told.
+#[derive(Default)]
+struct Link {
+    /// SHA-256 of this manifest, and its key.
+    hash: Option<(Hash, String)>,
+    /// What the next manifest says this one's hash is, and the next manifest's key.
+    expected: Option<(Option<Hash>, String)>,
+}
+
+#[derive(Default)]
+struct Chain {
+    links: HashMap<(String, u64), Link>,
+    max: HashMap<String, u64>,
+    seen: BTreeMap<String, (u64, u64)>,
+    findings: Vec<Finding>,
+}
+
+impl Chain {
+    fn feed(&mut self, writer: &str, idx: u64, hash: Hash, prev: Option<Hash>, key: &str) {
+        let w = self.seen.entry(writer.to_owned()).or_insert((0, 0));
+        w.0 += 1;
+        w.1 = w.1.max(idx);
+        let m = self.max.entry(writer.to_owned()).or_insert(0);
+        *m = (*m).max(idx);
+        let link = self.links.entry((writer.to_owned(), idx)).or_default();
+        if let Some((_, other)) = &link.hash {
+            self.findings.push(Finding::new(
+                FindingClass::ChainFork,
+                key,
+                format!("writer {writer} has two manifests for batch {idx}: {other} and {key}"),
+            ));
+        } else {
+            link.hash = Some((hash, key.to_owned()));
+        }
+        self.settle(writer, idx);
+        if idx == 0 {
+            if prev.is_some() {
+                self.findings.push(Finding::new(
+                    FindingClass::ChainBroken,
+                    key,
+                    format!("writer {writer}'s first manifest links to a previous one"),
+                ));
+            }
+        } else {
+            let link = self.links.entry((writer.to_owned(), idx - 1)).or_default();
+            link.expected = Some((prev, key.to_owned()));
+            self.settle(writer, idx - 1);
+        }
+    }
+
+    fn settle(&mut self, writer: &str, idx: u64) {
+        let k = (writer.to_owned(), idx);
+        let Some(link) = self.links.get(&k) else {
+            return;
+        };
+        if let (Some((hash, key)), Some((prev, next_key))) = (&link.hash, &link.expected) {
+            if *prev != Some(*hash) {
+                self.findings.push(
+                    Finding::new(
+                        FindingClass::ChainBroken,
+                        key,
+                        format!("the next manifest ({next_key}) links to different bytes: this manifest was changed, or the chain was forged"),
+                    )
+                    .expected_found(hex::encode(hash), prev.map_or("null".into(), hex::encode)),
+                );
+            }
+            self.links.remove(&k);
+        }
+    }
+
+    /// After every day: links left unmatched are gaps (when the sweep saw every day).
+    fn finish(mut self, complete: bool) -> (Vec<Finding>, BTreeMap<String, (u64, u64)>) {
+        if complete {
+            let mut left: Vec<((String, u64), Link)> = self.links.drain().collect();
+            left.sort_by(|a, b| a.0.cmp(&b.0));
+            for ((writer, idx), link) in left {
+                match (link.hash, link.expected) {
+                    (None, Some((_, next_key))) => self.findings.push(Finding::new(
+                        FindingClass::ChainGap,
+                        &next_key,
+                        format!("writer {writer}'s batch {idx} is missing: its manifest is not in the archive, yet the next one links to it"),
+                    )),
+                    (Some((_, key)), None) if self.max.get(&writer).is_some_and(|m| *m > idx) => self.findings.push(Finding::new(
+                        FindingClass::ChainGap,
+                        &key,
+                        format!("writer {writer}'s batch {} is missing: nothing links to batch {idx}, which is not the writer's last", idx + 1),
+                    )),
+                    _ => {}
+                }
+            }
+        }
+        (self.findings, self.seen)
+    }
+}
+
+/// One batch of a lane as its manifest states it: (batch_idx, first_seq, last_seq,
+/// n_events, manifest key).
+type LaneBatch = (u64, u64, u64, u64, String);
+
+/// The archived versions of one key, from a listing.
+fn group(versions: Vec<VersionEntry>) -> BTreeMap<String, Vec<VersionEntry>> {
+    let mut m: BTreeMap<String, Vec<VersionEntry>> = BTreeMap::new();
+    for v in versions {
+        m.entry(v.key.clone()).or_default().push(v);
+    }
+    m
+}
+
+/// Findings about a key's versions (and which version to read: the newest that is not a
+/// delete marker, or the named one when given).
+fn version_findings(
+    key: &str,
+    versions: &[VersionEntry],
+    named: Option<&str>,
+    out: &mut Vec<Finding>,
+) {
+    let latest = versions.iter().find(|v| v.is_latest);
+    if latest.is_some_and(|v| v.is_delete_marker) {
+        out.push(
+            Finding::new(FindingClass::DeleteMarker, key, "the current version is a delete marker: the archived object is hidden from readers")
+                .version(latest.map(|v| v.version_id.as_str())),
+        );
+    }
+    let real: Vec<&VersionEntry> = versions.iter().collect();
+    if real.len() > 1 {
+        let ids: Vec<String> = real
+            .iter()
+            .map(|v| {
+                format!(
+                    "{}{}",
+                    v.version_id,
+                    if v.is_delete_marker {
+                        " (delete marker)"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect();
+        out.push(
+            Finding::new(
+                FindingClass::ExtraVersion,
+                key,
+                format!("the key has {} versions: {}", real.len(), ids.join(", ")),
+            )
+            .expected_found(1, real.len()),
+        );
+    }
+    if let (Some(named), Some(latest)) = (named, latest)
+        && !latest.is_delete_marker
+        && latest.version_id != named
+    {
+        out.push(
+            Finding::new(FindingClass::VersionMismatch, key, "a newer version shadows the archived one: readers see bytes the manifest does not describe")
+                .version(Some(&latest.version_id))
+                .expected_found(named, &latest.version_id),
+        );
+    }
+}
+
+/// Lock findings for an archived object version.
+fn lock_findings(key: &str, head: &ObjectInfo, required: Timestamp, out: &mut Vec<Finding>) {
+    let v = head.version_id.as_deref();
+    match head.lock_mode {
+        Some(LockMode::Compliance) => {}
+        Some(LockMode::Governance) => out.push(
+            Finding::new(FindingClass::NotLocked, key, "locked in GOVERNANCE mode, which privileged users can bypass; COMPLIANCE is required")
+                .version(v)
+                .expected_found("COMPLIANCE", "GOVERNANCE"),
+        ),
+        None => out.push(Finding::new(FindingClass::NotLocked, key, "not locked at all").version(v).expected_found("COMPLIANCE", "none")),
+    }
+    match head.retain_until {
+        Some(t) if t >= required => {}
+        Some(t) => out.push(
+            Finding::new(
+                FindingClass::RetentionTooShort,
+                key,
+                "locked for less time than its records must be kept",
+            )
+            .version(v)
+            .expected_found(required, t),
+        ),
+        None => {}
+    }
+    if head.legal_hold {
+        out.push(Finding::new(FindingClass::LegalHold, key, "a legal hold is on").version(v));
+    }
+}
+
+/// Checks one manifest's segment.
+async fn check_segment(
+    store: Arc<dyn WormStore>,
+    m: Manifest,
+    versions: Option<Vec<VersionEntry>>,
+    level: Level,
+) -> Result<(Vec<Finding>, u64, u64), StoreError> {
+    let key = m.segment.key.clone();
+    let mut out = Vec::new();
+    let Some(versions) = versions else {
+        out.push(
+            Finding::new(
+                FindingClass::ObjectMissing,
+                &key,
+                format!(
+                    "the segment named by batch {} of writer {} is not in the store",
+                    m.info.batch_idx, m.info.writer
+                ),
+            )
+            .version(Some(&m.segment.version_id)),
+        );
+        return Ok((out, 0, 0));
+    };
+    version_findings(&key, &versions, Some(&m.segment.version_id), &mut out);
+    if !versions
+        .iter()
+        .any(|v| v.version_id == m.segment.version_id && !v.is_delete_marker)
+    {
+        out.push(
+            Finding::new(
+                FindingClass::ObjectMissing,
+                &key,
+                "the version the manifest names is not in the store",
+            )
+            .version(Some(&m.segment.version_id)),
+        );
+    } else {
+        let named = store.head(&key, Some(&m.segment.version_id)).await?;
+        lock_findings(&key, &named, m.info.retain_until, &mut out);
+    }
+    // The current bytes are what readers (DuckDB, Athena) see.
+    let current = match store.head(&key, None).await {
+        Ok(h) => h,
+        Err(StoreError::NotFound { .. }) => return Ok((out, 0, 0)),
+        Err(e) => return Err(e),
+    };
+    let v = current.version_id.clone();
+    if current.size != m.segment.size {
+        out.push(
+            Finding::new(
+                FindingClass::SizeMismatch,
+                &key,
+                "the segment's size is not the manifest's",
+            )
+            .version(v.as_deref())
+            .expected_found(m.segment.size, current.size),
+        );
+    }
+    let (sha, bytes, verified) = match (level, current.sha256) {
+        (Level::Quick, Some(stored)) => (stored, None, 0),
+        _ => {
+            let bytes = store.get(&key, v.as_deref()).await?;
+            let len = bytes.len() as u64;
+            let b = bytes.clone();
+            let sha = tokio::task::spawn_blocking(move || merkle::sha256(&b))
+                .await
+                .expect("hash task");
+            (sha, Some(bytes), len)
+        }
+    };
+    if sha != m.segment.sha256 {
+        out.push(
+            Finding::new(
+                FindingClass::ChecksumMismatch,
+                &key,
+                "the segment's SHA-256 is not the manifest's: its bytes changed",
+            )
+            .version(v.as_deref())
+            .expected_found(hex::encode(m.segment.sha256), hex::encode(sha)),
+        );
+    }
+    let mut events = 0;
+    if level == Level::Full
+        && let Some(bytes) = bytes
+    {
+        let (found, n) = tokio::task::spawn_blocking(move || full_check(&m, bytes))
+            .await
+            .expect("decode task");
+        events = n;
+        out.extend(found.into_iter().map(|f| f.version(v.as_deref())));
+    }
+    Ok((out, verified, events))
+}
+
+/// Decodes a segment and checks every row, the root and the footer against the manifest.
+fn full_check(m: &Manifest, bytes: Bytes) -> (Vec<Finding>, u64) {
+    let key = &m.segment.key;
+    let mut out = Vec::new();
+    let (footer, check) = match crate::segment::check_segment(bytes) {
+        Ok(x) => x,
+        Err(e) => {
+            out.push(Finding::new(
+                FindingClass::SegmentUnreadable,
+                key,
+                format!("the segment cannot be read as a segment: {e}"),
+            ));
+            return (out, 0);
+        }
+    };
+    if check.leaf_mismatch_count > 0 {
+        out.push(Finding::new(
+            FindingClass::LeafMismatch,
+            key,
+            format!(
+                "{} rows have a leaf_hash that is not SHA-256(0x00 || canonical), e.g. rows {:?}",
+                check.leaf_mismatch_count, check.leaf_mismatches
+            ),
+        ));
+    }
+    if check.column_mismatch_count > 0 {
+        out.push(Finding::new(
+            FindingClass::ColumnMismatch,
+            key,
+            format!("{} rows have typed columns that disagree with their canonical bytes, e.g. rows {:?}", check.column_mismatch_count, check.column_mismatches),
+        ));
+    }
+    if check.seq_mismatch_count > 0 {
+        out.push(Finding::new(
+            FindingClass::SequenceMismatch,
+            key,
+            format!(
+                "{} rows have a seq that is not first_seq + row, e.g. {:?}",
+                check.seq_mismatch_count, check.seq_mismatches
+            ),
+        ));
+    }
+    if check.root != m.info.merkle_root || check.rows != m.info.n_events {
+        out.push(
+            Finding::new(
+                FindingClass::RootMismatch,
+                key,
+                format!(
+                    "the Merkle root of the {} rows is not the manifest's ({} events)",
+                    check.rows, m.info.n_events
+                ),
+            )
+            .expected_found(hex::encode(m.info.merkle_root), hex::encode(check.root)),
+        );
+    }
+    if footer != m.info {
+        out.push(
+            Finding::new(
+                FindingClass::FooterMismatch,
+                key,
+                "the segment's footer does not say what its manifest says",
+            )
+            .expected_found(
+                serde_json::to_string(&m.info).unwrap_or_default(),
+                serde_json::to_string(&footer).unwrap_or_default(),
+            ),
+        );
+    }
+    (out, check.rows)
+}
+
+/// Runs sweeps over one archive.
+pub struct Sweeper {
+    pub store: Arc<dyn WormStore>,
+    pub layout: Layout,
+    pub retention: Arc<RetentionPolicy>,
+}
+
+impl Sweeper {
+    /// Every day that has manifests or segments, in order.
+    pub async fn days(&self) -> Result<(BTreeSet<Day>, Vec<Finding>), StoreError> {
+        let mut days = BTreeSet::new();
+        let mut odd = Vec::new();
+        for prefix in [
+            self.layout.manifests_prefix(),
+            self.layout.segments_prefix(),
+        ] {
+            for dir in self.store.list_dirs(&prefix).await? {
+                match Layout::day_of_dir(&dir) {
+                    Some(d) => {
+                        days.insert(d);
+                    }
+                    None => odd.push(Finding::new(
+                        FindingClass::UnknownObject,
+                        &dir,
+                        "a directory the pipeline does not write",
+                    )),
+                }
+            }
+        }
+        Ok((days, odd))
+    }
+
+    pub async fn run(&self, opts: &SweepOptions) -> Result<SweepReport, SweepError> {
+        let started_at = Timestamp::now();
+        let (all_days, mut findings) = self.days().await?;
+        let days: BTreeSet<Day> = match &opts.days {
+            Some(d) => d.clone(),
+            None => all_days
+                .iter()
+                .copied()
+                .filter(|d| opts.from.is_none_or(|f| *d >= f) && opts.to.is_none_or(|t| *d <= t))
+                .collect(),
+        };
+        let complete = opts.days.is_none() && opts.from.is_none() && opts.to.is_none();
+        let mut counts = Counts::default();
+        let mut chain = Chain::default();
+        for day in &days {
+            counts.days += 1;
+            self.sweep_day(*day, opts, &mut counts, &mut chain, &mut findings)
+                .await?;
+        }
+        let (chain_findings, writers) = chain.finish(complete);
+        findings.extend(chain_findings);
+        findings.sort_by(|a, b| (a.key.as_str(), a.class).cmp(&(b.key.as_str(), b.class)));
+        let id = format!(
+            "{}-{}-{:06x}",
+            started_at
+                .to_string()
+                .replace([':', '-', '.'], "")
+                .trim_end_matches('Z'),
+            opts.level.as_str(),
+            std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                started_at.as_micros()
+            ) & 0xff_ffff
+        );
+        Ok(SweepReport {
+            format: "wormvault.sweep.v1".into(),
+            id,
+            level: opts.level,
+            store: self.store.describe(),
+            started_at,
+            finished_at: Timestamp::now(),
+            from: opts.from,
+            to: opts.to,
+            complete,
+            counts,
+            writers,
+            findings,
+        })
+    }
+
+    async fn sweep_day(
+        &self,
+        day: Day,
+        opts: &SweepOptions,
+        counts: &mut Counts,
+        chain: &mut Chain,
+        findings: &mut Vec<Finding>,
+    ) -> Result<(), StoreError> {
+        let mgroup = group(
+            self.store
+                .versions(&self.layout.manifests_of_day(day))
+                .await?,
+        );
+        let mut sgroup = group(
+            self.store
+                .versions(&self.layout.segments_of_day(day))
+                .await?,
+        );
+        let mut lanes: BTreeMap<(String, String), Vec<LaneBatch>> = BTreeMap::new();
+        let mut jobs = Vec::new();
+        let mut named: BTreeSet<String> = BTreeSet::new();
+        for (key, versions) in &mgroup {
+            match self.layout.parse(key) {
+                Some(KeyKind::Manifest { day: d, .. }) if d == day => {}
+                _ => {
+                    findings.push(Finding::new(
+                        FindingClass::UnknownObject,
+                        key,
+                        "an object under manifests/ that is not a manifest key the pipeline writes",
+                    ));
+                    continue;
+                }
+            }
+            version_findings(key, versions, None, findings);
+            // Read the newest version that is not a delete marker.
+            let Some(readable) = versions
+                .iter()
+                .filter(|v| !v.is_delete_marker)
+                .find(|v| v.is_latest)
+                .or_else(|| versions.iter().find(|v| !v.is_delete_marker))
+            else {
+                continue;
+            };
+            let bytes = match self.store.get(key, Some(&readable.version_id)).await {
+                Ok(b) => b,
+                Err(StoreError::NotFound { .. }) => {
+                    findings.push(
+                        Finding::new(
+                            FindingClass::ObjectMissing,
+                            key,
+                            "a listed manifest version cannot be read",
+                        )
+                        .version(Some(&readable.version_id)),
+                    );
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            counts.manifests += 1;
+            let m = match Manifest::from_bytes(&bytes) {
+                Ok(m) => m,
+                Err(e) => {
+                    findings.push(
+                        Finding::new(FindingClass::ManifestInvalid, key, e)
+                            .version(Some(&readable.version_id)),
+                    );
+                    continue;
+                }
+            };
+            if m.to_bytes() != bytes.as_ref() {
+                findings.push(
+                    Finding::new(
+                        FindingClass::ManifestInvalid,
+                        key,
+                        "the manifest's bytes are not its canonical (RFC 8785) form",
+                    )
+                    .version(Some(&readable.version_id)),
+                );
+            }
+            let info = &m.info;
+            if self.layout.manifest(info.day, &info.writer, info.batch_idx) != *key
+                || info.day != day
+            {
+                findings.push(Finding::new(FindingClass::ManifestInvalid, key, format!("the manifest describes writer {} batch {} of {}, which is not what its key says", info.writer, info.batch_idx, info.day)));
+                continue;
+            }
+            let prev = match m.prev_manifest_sha256.as_deref().map(|h| {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(h, &mut out).map(|()| out)
+            }) {
+                None => None,
+                Some(Ok(h)) => Some(h),
+                Some(Err(_)) => {
+                    findings.push(Finding::new(
+                        FindingClass::ManifestInvalid,
+                        key,
+                        "prev_manifest_sha256 is not hex",
+                    ));
+                    None
+                }
+            };
+            chain.feed(
+                info.writer.as_str(),
+                info.batch_idx,
+                merkle::sha256(&bytes),
+                prev,
+                key,
+            );
+            lanes
+                .entry((info.writer.to_string(), info.retention_class.clone()))
+                .or_default()
+                .push((
+                    info.batch_idx,
+                    info.first_seq,
+                    info.last_seq,
+                    info.n_events,
+                    key.clone(),
+                ));
+            // The manifest object's own lock.
+            let head = self.store.head(key, Some(&readable.version_id)).await?;
+            lock_findings(key, &head, m.retain_until, findings);
+            if m.retain_until < info.retain_until {
+                findings.push(
+                    Finding::new(
+                        FindingClass::RetentionTooShort,
+                        key,
+                        "the manifest is to be kept for less time than its segment",
+                    )
+                    .expected_found(info.retain_until, m.retain_until),
+                );
+            }
+            // The retention rule, independently of what the manifest claims.
+            if let Some(class) = self.retention.class(&info.retention_class) {
+                let rule = class.period.add_to(info.day.next().start());
+                if info.retain_until < rule {
+                    findings.push(
+                        Finding::new(
+                            FindingClass::RetentionTooShort,
+                            &m.segment.key,
+                            format!(
+                                "class {} requires keeping day {} until at least {rule}",
+                                info.retention_class, info.day
+                            ),
+                        )
+                        .expected_found(rule, info.retain_until),
+                    );
+                }
+            }
+            if m.segment.key != self.layout.segment(info.day, &info.writer, info.batch_idx) {
+                findings.push(Finding::new(
+                    FindingClass::ManifestInvalid,
+                    key,
+                    format!(
+                        "the manifest names segment {} where the layout puts it elsewhere",
+                        m.segment.key
+                    ),
+                ));
+            }
+            named.insert(m.segment.key.clone());
+            counts.segments += 1;
+            if opts.level == Level::Quick {
+                counts.events += info.n_events;
+            }
+            let versions = sgroup.remove(&m.segment.key);
+            jobs.push((m, versions));
+        }
+        for key in sgroup.keys() {
+            let what = match self.layout.parse(key) {
+                Some(KeyKind::Segment { .. }) => {
+                    "a segment that no manifest names (written outside the pipeline, or its manifest is missing)"
+                }
+                _ => "an object under segments/ that is not a key the pipeline writes",
+            };
+            findings.push(Finding::new(FindingClass::UnknownObject, key, what));
+        }
+        // Lanes: numbered from 1, without holes or overlaps, in batch order.
+        for ((writer, class), mut batches) in lanes {
+            batches.sort();
+            let mut next = 1;
+            for (idx, first, last, n, key) in batches {
+                if first != next || last + 1 != first + n {
+                    findings.push(
+                        Finding::new(FindingClass::LaneGap, &key, format!("lane {day}/{class} of writer {writer}: batch {idx} covers {first}-{last} ({n} events)"))
+                            .expected_found(format!("from {next}"), first),
+                    );
+                }
+                next = last + 1;
+            }
+        }
+        // The segments, several at a time.
+        let sem = Arc::new(tokio::sync::Semaphore::new(opts.parallelism.max(1)));
+        let mut set = tokio::task::JoinSet::new();
+        for (m, versions) in jobs {
+            let (store, sem, level) = (self.store.clone(), sem.clone(), opts.level);
+            set.spawn(async move {
+                let _permit = sem.acquire_owned().await.expect("semaphore");
+                check_segment(store, m, versions, level).await
+            });
+        }
+        while let Some(done) = set.join_next().await {
+            let (found, bytes, events) = done.expect("segment task")?;
+            counts.bytes_verified += bytes;
+            counts.events += events;
+            findings.extend(found);
+        }
+        Ok(())
+    }
+
+    /// Stores a report sealed (JSON and the summary), kept as long as the longest class.
+    pub async fn store_report(&self, report: &SweepReport) -> Result<Vec<String>, StoreError> {
+        let until = self
+            .retention
+            .longest_from(report.finished_at)
+            .ceil_to_second();
+        let day = report.finished_at.day();
+        let json = crate::canonical::to_canonical_vec(report);
+        let mut keys = Vec::new();
+        for (ext, body, ct) in [
+            ("json", json, "application/json"),
+            (
+                "txt",
+                report.summary().into_bytes(),
+                "text/plain; charset=utf-8",
+            ),
+        ] {
+            let key = self.layout.sweep_report(day, &report.id, ext);
+            self.store
+                .put_sealed(&PutRequest::new(key.clone(), Bytes::from(body), until, ct))
+                .await?;
+            keys.push(key);
+        }
+        Ok(keys)
+    }
+}
