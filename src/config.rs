@@ -54,6 +54,27 @@ pub struct WormvaultConfig {
     pub upload: UploadConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    #[serde(default)]
+    pub sweep: SweepConfig,
+}
+
+/// `[sweep]`: scheduled integrity sweeps in the daemon.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepConfig {
+    /// Cron schedule (UTC) of quick sweeps: the usual 5 fields (`min hour dom mon dow`), or 6
+    /// with seconds first. `""` turns them off. Default: hourly, `"7 * * * *"`. Quick sweeps are
+    /// incremental: the days since the last sweep, plus a random sample of older days.
+    pub quick: Option<String>,
+    /// Cron schedule of full sweeps (every day, every row). Default: Sundays 03:17,
+    /// `"17 3 * * 0"`. `""` turns them off.
+    pub full: Option<String>,
+    /// Share of already-verified days a quick sweep checks again, in percent. Default: 5.
+    pub sample_percent: Option<u8>,
+    /// Objects checked at once. Default: 4.
+    pub parallelism: Option<usize>,
+    /// URL that receives a JSON POST when a sweep has findings (http or https).
+    pub webhook: Option<String>,
 }
 
 /// `[server]`: the daemon's HTTP endpoint.
@@ -360,6 +381,74 @@ pub struct ServerSettings {
     pub tokens: Vec<crate::auth::Token>,
 }
 
+/// Scheduled sweeps, resolved.
+#[derive(Clone, Debug)]
+pub struct SweepSettings {
+    pub quick: Option<cron::Schedule>,
+    pub full: Option<cron::Schedule>,
+    pub sample_percent: u8,
+    pub parallelism: usize,
+    pub webhook: Option<String>,
+}
+
+/// Parses a cron expression. Five fields are crontab (`min hour dom mon dow`, days of the week
+/// 0-7 with 0 and 7 Sunday): a seconds field `0` is added and numeric days of the week become
+/// names, because the `cron` crate counts them 1-7 from Sunday. Six or seven fields are taken
+/// in the `cron` crate's own syntax (seconds first).
+pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
+    use std::str::FromStr;
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    let full = match fields.len() {
+        5 => {
+            const NAMES: [&str; 8] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+            let mut dow = String::new();
+            let mut number = String::new();
+            let flush = |number: &mut String, dow: &mut String| -> Result<(), String> {
+                if !number.is_empty() {
+                    let n: usize = number
+                        .parse()
+                        .map_err(|_| format!("{expr:?}: bad day of week"))?;
+                    dow.push_str(
+                        NAMES
+                            .get(n)
+                            .ok_or_else(|| format!("{expr:?}: day of week {n} is not 0-7"))?,
+                    );
+                    number.clear();
+                }
+                Ok(())
+            };
+            // Step values (after `/`) stay numbers.
+            let (range, step) = fields[4]
+                .split_once('/')
+                .map_or((fields[4], None), |(r, s)| (r, Some(s)));
+            for ch in range.chars() {
+                if ch.is_ascii_digit() {
+                    number.push(ch);
+                } else {
+                    flush(&mut number, &mut dow)?;
+                    dow.push(ch);
+                }
+            }
+            flush(&mut number, &mut dow)?;
+            if let Some(step) = step {
+                dow.push('/');
+                dow.push_str(step);
+            }
+            format!(
+                "0 {} {} {} {} {dow}",
+                fields[0], fields[1], fields[2], fields[3]
+            )
+        }
+        6 | 7 => expr.to_owned(),
+        _ => {
+            return Err(format!(
+                "{expr:?} is not a cron schedule (5 fields: minute hour day-of-month month day-of-week)"
+            ));
+        }
+    };
+    cron::Schedule::from_str(&full).map_err(|e| format!("{expr:?} is not a cron schedule: {e}"))
+}
+
 /// The resolved, validated configuration.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -375,6 +464,7 @@ pub struct Settings {
     pub index_filter_bytes: usize,
     pub retention: Arc<RetentionPolicy>,
     pub server: ServerSettings,
+    pub sweep: SweepSettings,
 }
 
 /// A configuration problem, with the key it concerns.
@@ -603,6 +693,32 @@ impl Settings {
             min_default_retention_days: c.upload.min_default_retention_days.unwrap_or(1),
             tokens,
         };
+        let schedule = |key: &str,
+                        v: Option<String>,
+                        default: &str|
+         -> Result<Option<cron::Schedule>, ConfigError> {
+            let expr = v.unwrap_or_else(|| default.to_owned());
+            if expr.trim().is_empty() {
+                return Ok(None);
+            }
+            parse_cron(&expr)
+                .map(Some)
+                .map_err(|m| err(format!("{key}: {m}")))
+        };
+        let sweep = SweepSettings {
+            quick: schedule("sweep.quick", c.sweep.quick, "7 * * * *")?,
+            full: schedule("sweep.full", c.sweep.full, "17 3 * * 0")?,
+            sample_percent: c.sweep.sample_percent.unwrap_or(5).min(100),
+            parallelism: c.sweep.parallelism.unwrap_or(4).clamp(1, 64),
+            webhook: c.sweep.webhook.filter(|w| !w.is_empty()),
+        };
+        if let Some(w) = &sweep.webhook
+            && !(w.starts_with("http://") || w.starts_with("https://"))
+        {
+            return Err(err(format!(
+                "sweep.webhook {w:?} must be an http:// or https:// URL"
+            )));
+        }
         if server.max_body < max_event_bytes {
             return Err(err(
                 "server.max_body must be at least events.max_event_bytes".into(),
@@ -619,6 +735,7 @@ impl Settings {
             index_filter_bytes: c.idempotency.filter.map_or(16 << 20, |b| b.0) as usize,
             retention: Arc::new(retention),
             server,
+            sweep,
             origin,
         })
     }
@@ -718,6 +835,18 @@ impl Settings {
             format_duration(v.backoff.initial),
             format_duration(v.backoff.max),
             v.min_default_retention_days
+        );
+        let sw = &self.sweep;
+        let _ = writeln!(
+            s,
+            "sweep            quick {} | full {} | resample {}% of older days | {} at once{}",
+            sw.quick.as_ref().map_or("off".into(), |c| c.to_string()),
+            sw.full.as_ref().map_or("off".into(), |c| c.to_string()),
+            sw.sample_percent,
+            sw.parallelism,
+            sw.webhook
+                .as_ref()
+                .map_or(String::new(), |w| format!(" | findings to {w}"))
         );
         if v.tokens.is_empty() {
             let _ = writeln!(
@@ -828,6 +957,46 @@ mod tests {
             e("[[retention.rules]]\nactions = [\"x.*\"]\nclass = \"missing\"\n")
                 .contains("missing")
         );
+        assert!(e("[sweep]\nquick = \"every hour\"\n").contains("sweep.quick"));
+        assert!(e("[sweep]\nwebhook = \"ftp://x\"\n").contains("sweep.webhook"));
+    }
+
+    #[test]
+    fn cron_accepts_five_fields_and_six() {
+        let s = load("[sweep]\nquick = \"*/15 * * * *\"\nfull = \"\"\n", &[]).unwrap();
+        assert!(s.sweep.full.is_none());
+        let next: Vec<_> = s
+            .sweep
+            .quick
+            .unwrap()
+            .after(&chrono::DateTime::from_timestamp(0, 0).unwrap())
+            .take(2)
+            .collect();
+        assert_eq!(next[0].to_rfc3339(), "1970-01-01T00:15:00+00:00");
+        assert_eq!(next[1].to_rfc3339(), "1970-01-01T00:30:00+00:00");
+        assert!(parse_cron("30 0 3 * * Sun").is_ok());
+        // Crontab days of the week: 0 and 7 are Sunday, 1 is Monday.
+        let after = |e: &str| {
+            parse_cron(e)
+                .unwrap()
+                .after(&chrono::DateTime::from_timestamp(0, 0).unwrap())
+                .next()
+                .unwrap()
+                .to_rfc3339()
+        };
+        assert_eq!(
+            after("0 3 * * 0"),
+            "1970-01-04T03:00:00+00:00",
+            "1970-01-04 was a Sunday"
+        );
+        assert_eq!(after("0 3 * * 7"), "1970-01-04T03:00:00+00:00");
+        assert_eq!(after("0 3 * * 1"), "1970-01-05T03:00:00+00:00");
+        assert_eq!(
+            after("0 3 * * 1-5"),
+            "1970-01-01T03:00:00+00:00",
+            "Thursday"
+        );
+        assert!(parse_cron("0 3 * * 8").is_err());
     }
 
     #[test]

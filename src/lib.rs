@@ -40,6 +40,7 @@ pub mod layout;
 pub mod loadgen;
 pub mod manifest;
 pub mod merkle;
+pub mod notify;
 pub mod pipeline;
 pub mod retention;
 pub mod seal;

@@ -130,6 +130,17 @@ pub async fn run(
         settings.server.min_default_retention_days,
         shared.clone(),
     ));
+    let sweeps_stop = tokio_util::sync::CancellationToken::new();
+    let sweeps = tokio::spawn(crate::sweep::run_scheduled(
+        crate::sweep::Sweeper {
+            store: archive.store.clone(),
+            layout: settings.layout.clone(),
+            retention: settings.retention.clone(),
+        },
+        archive.state.clone(),
+        settings.sweep.clone(),
+        sweeps_stop.clone(),
+    ));
 
     let app =
         crate::ingest::router(shared.clone()).into_make_service_with_connect_info::<PeerAddr>();
@@ -168,6 +179,8 @@ pub async fn run(
     let _ = cmd_tx.send(Command::Shutdown);
     let _ = tokio::task::spawn_blocking(move || sequencer.join()).await;
     checker.abort();
+    sweeps_stop.cancel();
+    let _ = sweeps.await;
     stop.store(true, Ordering::Release);
     wake.notify_one();
     match tokio::time::timeout(settings.server.drain_timeout, uploader).await {

@@ -212,6 +212,15 @@ impl State {
         self.meta("chain_head")
     }
 
+    /// The day through which scheduled quick sweeps have checked every day.
+    pub fn sweep_checkpoint(&self) -> Result<Option<Day>> {
+        self.meta("sweep_checkpoint")
+    }
+
+    pub fn set_sweep_checkpoint(&self, day: Day) -> Result<()> {
+        self.write(|txn| Self::put_meta_in(txn, "sweep_checkpoint", &day))
+    }
+
     pub fn lane_next_seq(&self, lane: &Lane) -> Result<u64> {
         let key = lane.key();
         self.read(|txn| {

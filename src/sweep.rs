@@ -101,6 +101,30 @@ pub enum FindingClass {
 }
 
 impl FindingClass {
+    pub const ALL: [FindingClass; 21] = [
+        FindingClass::ObjectMissing,
+        FindingClass::DeleteMarker,
+        FindingClass::ExtraVersion,
+        FindingClass::VersionMismatch,
+        FindingClass::NotLocked,
+        FindingClass::RetentionTooShort,
+        FindingClass::SizeMismatch,
+        FindingClass::ChecksumMismatch,
+        FindingClass::SegmentUnreadable,
+        FindingClass::LeafMismatch,
+        FindingClass::ColumnMismatch,
+        FindingClass::SequenceMismatch,
+        FindingClass::RootMismatch,
+        FindingClass::FooterMismatch,
+        FindingClass::ManifestInvalid,
+        FindingClass::ChainBroken,
+        FindingClass::ChainGap,
+        FindingClass::ChainFork,
+        FindingClass::LaneGap,
+        FindingClass::UnknownObject,
+        FindingClass::LegalHold,
+    ];
+
     pub fn code(self) -> &'static str {
         match self {
             FindingClass::ObjectMissing => "object_missing",
@@ -205,6 +229,9 @@ pub struct Counts {
     pub events: u64,
     /// Bytes read and hashed or decoded.
     pub bytes_verified: u64,
+    /// Segments not yet named by a manifest but young enough to be uploads in flight.
+    #[serde(default)]
+    pub in_flight: u64,
 }
 
 /// The report of one sweep: stored sealed in the archive, printed by `wormvault verify`.
@@ -269,6 +296,13 @@ impl SweepReport {
             "covered {range}: {} days, {} manifests, {} segments, {} events, {} bytes verified",
             c.days, c.manifests, c.segments, c.events, c.bytes_verified
         );
+        if c.in_flight > 0 {
+            let _ = writeln!(
+                s,
+                "{} segments were still being uploaded (stored, their manifests not yet) and are checked next time",
+                c.in_flight
+            );
+        }
         for (w, (n, last)) in &self.writers {
             let _ = writeln!(s, "writer {w}: {n} manifests, up to batch {last}");
         }
@@ -668,6 +702,10 @@ fn full_check(m: &Manifest, bytes: Bytes) -> (Vec<Finding>, u64) {
     (out, check.rows)
 }
 
+/// A segment younger than this without a manifest is taken to be an upload in flight (its
+/// manifest follows it within seconds); older, it is reported.
+pub const IN_FLIGHT_GRACE_MICROS: i64 = 15 * 60 * 1_000_000;
+
 /// Runs sweeps over one archive.
 pub struct Sweeper {
     pub store: Arc<dyn WormStore>,
@@ -916,9 +954,19 @@ impl Sweeper {
             let versions = sgroup.remove(&m.segment.key);
             jobs.push((m, versions));
         }
-        for key in sgroup.keys() {
+        for (key, versions) in &sgroup {
             let what = match self.layout.parse(key) {
                 Some(KeyKind::Segment { .. }) => {
+                    // A segment is stored before its manifest: a young one may be in flight.
+                    let now = Timestamp::now();
+                    let young = versions.iter().all(|v| {
+                        v.last_modified
+                            .is_some_and(|t| t.plus_micros(IN_FLIGHT_GRACE_MICROS) > now)
+                    });
+                    if young {
+                        counts.in_flight += 1;
+                        continue;
+                    }
                     "a segment that no manifest names (written outside the pipeline, or its manifest is missing)"
                 }
                 _ => "an object under segments/ that is not a key the pipeline writes",
@@ -982,5 +1030,198 @@ impl Sweeper {
             keys.push(key);
         }
         Ok(keys)
+    }
+}
+
+/// Logs every finding of a report: integrity findings at ERROR (an operator must act).
+pub fn log_findings(report: &SweepReport) {
+    for f in &report.findings {
+        match f.severity {
+            Severity::Error => tracing::error!(
+                sweep = %report.id,
+                class = f.class.code(),
+                key = %f.key,
+                version = f.version.as_deref(),
+                expected = f.expected.as_deref(),
+                found = f.found.as_deref(),
+                "Integrity finding: {}",
+                f.message
+            ),
+            Severity::Info => {
+                tracing::info!(sweep = %report.id, class = f.class.code(), key = %f.key, "{}", f.message)
+            }
+        }
+    }
+}
+
+/// The daemon's scheduled sweeps: quick ones incremental (the days since the checkpoint, plus
+/// a random sample of older days), full ones over everything. Runs until `stop` is cancelled.
+pub async fn run_scheduled(
+    sweeper: Sweeper,
+    state: Arc<crate::state::State>,
+    settings: crate::config::SweepSettings,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use crate::telemetry::metrics as m;
+    loop {
+        let now = chrono::Utc::now();
+        let next = |s: &Option<cron::Schedule>| s.as_ref().and_then(|s| s.after(&now).next());
+        let (when, level) = match (next(&settings.quick), next(&settings.full)) {
+            (None, None) => return,
+            (Some(q), None) => (q, Level::Quick),
+            (None, Some(f)) => (f, Level::Full),
+            (Some(q), Some(f)) if f <= q => (f, Level::Full),
+            (Some(q), Some(_)) => (q, Level::Quick),
+        };
+        let wait = (when - now).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let started = std::time::Instant::now();
+        match run_once(&sweeper, &state, &settings, level).await {
+            Ok(report) => {
+                m::sweep_completed(level.as_str(), &report, started.elapsed());
+                log_findings(&report);
+                match sweeper.store_report(&report).await {
+                    Ok(keys) => {
+                        tracing::info!(sweep = %report.id, level = level.as_str(), errors = report.errors(), reports = ?keys, "Sweep finished.")
+                    }
+                    Err(e) => {
+                        tracing::error!(sweep = %report.id, error = %e, "Sweep finished, but its report could not be stored.")
+                    }
+                }
+                if report.errors() > 0
+                    && let Some(url) = &settings.webhook
+                {
+                    let body = serde_json::json!({
+                        "sweep": report.id,
+                        "level": level.as_str(),
+                        "store": report.store,
+                        "errors": report.errors(),
+                        "findings": report.findings.iter().take(100).collect::<Vec<_>>(),
+                        "summary": report.summary(),
+                    });
+                    match crate::notify::post_json(url, &body).await {
+                        Ok(s) if (200..300).contains(&s) => {}
+                        Ok(s) => {
+                            tracing::warn!(webhook = %url, status = s, "The findings webhook refused the notification.")
+                        }
+                        Err(e) => {
+                            tracing::warn!(webhook = %url, error = %e, "The findings webhook could not be reached.")
+                        }
+                    }
+                }
+                if let Err(e) = state.set_sweep_checkpoint(report.started_at.day()) {
+                    tracing::error!(error = %e, "Could not record the sweep checkpoint.");
+                }
+            }
+            Err(e) => {
+                m::sweep_failed(level.as_str());
+                tracing::error!(level = level.as_str(), error = %e, "A scheduled sweep could not run.");
+            }
+        }
+    }
+}
+
+/// One scheduled sweep: which days it covers follows the level and the checkpoint.
+pub async fn run_once(
+    sweeper: &Sweeper,
+    state: &crate::state::State,
+    settings: &crate::config::SweepSettings,
+    level: Level,
+) -> Result<SweepReport, SweepError> {
+    let mut opts = SweepOptions {
+        level,
+        from: None,
+        to: None,
+        days: None,
+        parallelism: settings.parallelism,
+    };
+    if level == Level::Quick
+        && let Ok(Some(checkpoint)) = state.sweep_checkpoint()
+    {
+        let (all, _) = sweeper.days().await?;
+        opts.days = Some(incremental_days(
+            &all,
+            checkpoint,
+            settings.sample_percent,
+            Timestamp::now().as_micros() as u64,
+        ));
+    }
+    sweeper.run(&opts).await
+}
+
+/// The days a quick sweep checks: every day from the day before the checkpoint on (new
+/// batches land there), and about `sample_percent` of the older days, chosen at random.
+pub fn incremental_days(
+    all: &BTreeSet<Day>,
+    checkpoint: Day,
+    sample_percent: u8,
+    seed: u64,
+) -> BTreeSet<Day> {
+    use std::hash::{BuildHasher, Hasher};
+    let older: Vec<Day> = all
+        .iter()
+        .copied()
+        .filter(|d| *d < checkpoint.prev())
+        .collect();
+    let mut out: BTreeSet<Day> = all
+        .iter()
+        .copied()
+        .filter(|d| *d >= checkpoint.prev())
+        .collect();
+    let want = (older.len() * usize::from(sample_percent)).div_ceil(100);
+    let state = std::collections::hash_map::RandomState::new();
+    let mut keyed: Vec<(u64, Day)> = older
+        .into_iter()
+        .map(|d| {
+            let mut h = state.build_hasher();
+            h.write_u64(seed);
+            h.write_i32(d.days_since_epoch());
+            (h.finish(), d)
+        })
+        .collect();
+    keyed.sort_unstable();
+    out.extend(keyed.into_iter().take(want).map(|(_, d)| d));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incremental_sweeps_cover_recent_days_and_sample_older_ones() {
+        let all: BTreeSet<Day> = (0..200)
+            .map(|d| Day::from_days_since_epoch(20_000 + d))
+            .collect();
+        let checkpoint = Day::from_days_since_epoch(20_190);
+        let days = incremental_days(&all, checkpoint, 5, 1);
+        let recent = days.iter().filter(|d| **d >= checkpoint.prev()).count();
+        assert_eq!(recent, 11, "from the day before the checkpoint on");
+        let older = days.len() - recent;
+        assert_eq!(older, (189usize * 5).div_ceil(100));
+        // Different runs sample different older days.
+        let other = incremental_days(&all, checkpoint, 5, 2);
+        assert_ne!(days, other);
+        assert_eq!(incremental_days(&all, checkpoint, 0, 1).len(), 11);
+    }
+
+    #[test]
+    fn the_chain_join_reports_gaps_forks_and_breaks() {
+        let h = |n: u8| [n; 32];
+        let mut c = Chain::default();
+        c.feed("w", 0, h(0), None, "m0");
+        c.feed("w", 1, h(1), Some(h(0)), "m1");
+        c.feed("w", 3, h(3), Some(h(2)), "m3"); // batch 2 is missing
+        c.feed("w", 4, h(4), Some(h(9)), "m4"); // does not link to batch 3
+        c.feed("w", 4, h(5), Some(h(3)), "m4bis"); // a second batch 4
+        let (f, seen) = c.finish(true);
+        let got: Vec<(FindingClass, &str)> = f.iter().map(|f| (f.class, f.key.as_str())).collect();
+        assert!(got.contains(&(FindingClass::ChainGap, "m3")), "{got:?}");
+        assert!(got.contains(&(FindingClass::ChainBroken, "m3")), "{got:?}");
+        assert!(got.contains(&(FindingClass::ChainFork, "m4bis")), "{got:?}");
+        assert_eq!(seen["w"], (5, 4));
     }
 }

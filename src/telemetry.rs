@@ -130,6 +130,29 @@ pub mod metrics {
             Unit::Seconds,
             "Time from request to acknowledgement."
         );
+        describe_gauge!(
+            "wormvault_sweep_last_success_timestamp_seconds",
+            Unit::Seconds,
+            "When the last sweep of each level finished."
+        );
+        describe_counter!(
+            "wormvault_sweep_bytes_verified_total",
+            Unit::Bytes,
+            "Bytes read and hashed or decoded by sweeps."
+        );
+        describe_histogram!(
+            "wormvault_sweep_seconds",
+            Unit::Seconds,
+            "Duration of sweeps."
+        );
+        describe_gauge!(
+            "wormvault_sweep_findings",
+            "Findings of the last sweep, by class."
+        );
+        describe_counter!(
+            "wormvault_sweep_failures_total",
+            "Scheduled sweeps that could not run."
+        );
     }
 
     pub fn outcomes(outcomes: &[EventOutcome]) {
@@ -183,6 +206,28 @@ pub mod metrics {
 
     pub fn auth_refused(reason: &'static str) {
         ::metrics::counter!("wormvault_auth_refused_total", "reason" => reason).increment(1);
+    }
+
+    pub fn sweep_completed(
+        level: &'static str,
+        report: &crate::sweep::SweepReport,
+        elapsed: Duration,
+    ) {
+        ::metrics::gauge!("wormvault_sweep_last_success_timestamp_seconds", "level" => level)
+            .set(report.finished_at.as_micros() as f64 / 1e6);
+        ::metrics::counter!("wormvault_sweep_bytes_verified_total", "level" => level)
+            .increment(report.counts.bytes_verified);
+        ::metrics::histogram!("wormvault_sweep_seconds", "level" => level)
+            .record(elapsed.as_secs_f64());
+        let by_class = report.by_class();
+        for class in crate::sweep::FindingClass::ALL {
+            let n = by_class.get(&class).copied().unwrap_or(0);
+            ::metrics::gauge!("wormvault_sweep_findings", "class" => class.code()).set(n as f64);
+        }
+    }
+
+    pub fn sweep_failed(level: &'static str) {
+        ::metrics::counter!("wormvault_sweep_failures_total", "level" => level).increment(1);
     }
 
     pub fn request(elapsed: Duration) {

@@ -222,12 +222,16 @@ impl LocalStore {
         let mut out = Vec::new();
         for e in self.list_blocking(prefix)? {
             let h = self.head_blocking(&e.key)?;
+            let modified = fs::metadata(self.object_path(&e.key))
+                .and_then(|m| m.modified())
+                .ok();
             out.push(VersionEntry {
                 key: e.key,
                 version_id: h.version_id.unwrap_or_default(),
                 is_delete_marker: false,
                 is_latest: true,
                 size: h.size,
+                last_modified: modified.map(|t| Timestamp::from_datetime(t.into())),
             });
         }
         Ok(out)

@@ -115,6 +115,8 @@ pub struct VersionEntry {
     pub is_delete_marker: bool,
     pub is_latest: bool,
     pub size: u64,
+    /// When this version was written, if the store says.
+    pub last_modified: Option<Timestamp>,
 }
 
 /// The bucket's versioning and Object Lock configuration.
@@ -400,6 +402,7 @@ mod tests {
             is_delete_marker: marker,
             is_latest: true,
             size: 3,
+            last_modified: None,
         }
     }
 

@@ -332,6 +332,7 @@ impl WormStore for S3Store {
                         is_delete_marker: false,
                         is_latest: v.is_latest().unwrap_or(false),
                         size: v.size().unwrap_or(0).max(0) as u64,
+                        last_modified: v.last_modified().map(from_smithy),
                     });
                 }
             }
@@ -343,6 +344,7 @@ impl WormStore for S3Store {
                         is_delete_marker: true,
                         is_latest: m.is_latest().unwrap_or(false),
                         size: 0,
+                        last_modified: m.last_modified().map(from_smithy),
                     });
                 }
             }

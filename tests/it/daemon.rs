@@ -896,3 +896,117 @@ fn daemons_sharing_a_bucket_keep_their_chains_apart() {
         serde_json::json!({"ingest-a": 3, "ingest-b": 3})
     );
 }
+
+/// Scheduled sweeps in the daemon find tampering, export it as metrics, store sealed reports,
+/// and post the findings to the webhook.
+#[test]
+fn scheduled_sweeps_report_tampering_to_metrics_and_the_webhook() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = runtime();
+    // A webhook receiver that keeps every body it is sent.
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let got = received.clone();
+    rt.spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let got = got.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let n = conn.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..at]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if buf.len() >= at + 4 + len {
+                            got.lock()
+                                .unwrap()
+                                .push(serde_json::from_slice(&buf[at + 4..at + 4 + len]).unwrap());
+                            let _ = conn
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                                .await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = Arc::new(Tokens::new());
+    let extra = format!("[sweep]\nquick = \"*/1 * * * * *\"\nfull = \"\"\nwebhook = \"{hook}\"\n");
+    let mut d = Daemon::start(dir.path(), &local_store(dir.path()), &extra, tokens.clone());
+    let c = d.client();
+    assert_eq!(
+        rt.block_on(c.post_events(&tokens.ingest, ndjson(&events("sched", 40))))
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        rt.block_on(c.flush(&tokens.admin)).unwrap().json()["uploaded"],
+        true
+    );
+    // Tamper with the segment through the file system.
+    let seg = walk(&dir.path().join("archive/segments"))
+        .into_iter()
+        .next()
+        .unwrap();
+    std::fs::set_permissions(&seg, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(&seg, b"changed").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no webhook call:\n{}", d.logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let body = received.lock().unwrap()[0].clone();
+    assert!(body["errors"].as_u64().unwrap() >= 1, "{body}");
+    assert!(
+        body["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["class"] == "checksum_mismatch"),
+        "{body}"
+    );
+    let findings = rt
+        .block_on(c.metric("wormvault_sweep_findings{class=\"checksum_mismatch\"}"))
+        .unwrap();
+    assert!(findings >= 1.0);
+    assert!(
+        rt.block_on(c.metric("wormvault_sweep_last_success_timestamp_seconds{level=\"quick\"}"))
+            .unwrap()
+            > 1.7e9
+    );
+    assert_eq!(d.term(), Some(0));
+    assert!(
+        d.logs().contains("Integrity finding"),
+        "findings are logged at ERROR"
+    );
+    let reports = walk(&dir.path().join("archive/sweeps"));
+    assert!(reports.len() >= 2, "sealed sweep reports: {reports:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}

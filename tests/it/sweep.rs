@@ -187,6 +187,15 @@ fn a_manifest_hidden_by_a_delete_marker(backend: Backend) {
             // The file system's equivalent of hiding: removing the file.
             let path = t.archive_dir().join(&key);
             std::fs::remove_file(path).unwrap();
+            // Older than an upload in flight could be.
+            let seg = t.archive_dir().join(&ms[1].1.segment.key);
+            let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+            std::fs::File::options()
+                .write(true)
+                .open(&seg)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
             let r = sweep(&t, Level::Quick);
             assert_has(&r, FindingClass::ChainGap, &ms[2].0);
             assert_has(&r, FindingClass::UnknownObject, &ms[1].1.segment.key);
@@ -198,13 +207,31 @@ both!(a_manifest_hidden_by_a_delete_marker);
 fn an_object_written_outside_the_pipeline(backend: Backend) {
     let t = Target::new(backend);
     fixture(&t);
-    let rogue = "segments/dt=2026-11-19/writer-a-000000000999.parquet";
+    let rogue = "segments/dt=2026-11-19/extra.parquet";
     let stray = "manifests/dt=2026-11-19/notes.txt";
-    overwrite(&t, rogue, b"PAR1".to_vec());
-    overwrite(&t, stray, b"hello".to_vec());
+    // Shaped like a pipeline segment, but with no manifest: in flight while young, then reported.
+    let orphan = "segments/dt=2026-11-19/writer-a-000000000999.parquet";
+    for key in [rogue, stray, orphan] {
+        overwrite(&t, key, b"PAR1".to_vec());
+    }
     let r = sweep(&t, Level::Quick);
     assert_has(&r, FindingClass::UnknownObject, rogue);
     assert_has(&r, FindingClass::UnknownObject, stray);
+    assert!(!has(&r, FindingClass::UnknownObject, orphan));
+    assert_eq!(r.counts.in_flight, 1);
+    if backend == Backend::Local {
+        // Age the orphan past the grace period (the local store's time is the file's).
+        let path = t.archive_dir().join(orphan);
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let r = sweep(&t, Level::Quick);
+        assert_has(&r, FindingClass::UnknownObject, orphan);
+    }
 }
 both!(an_object_written_outside_the_pipeline);
 
