@@ -267,12 +267,156 @@ pub fn stage_costs(n: usize, reps: usize) -> Vec<(&'static str, f64)> {
     out
 }
 
+/// DESIGN.md's ceilings per core: whole-object SHA-256, and full decode.
+pub const QUICK_SWEEP_CEILING_PER_CORE: f64 = 1.7e9;
+pub const FULL_SWEEP_CEILING_PER_CORE: f64 = 0.11e9;
+
+/// `wormvault bench sweep`: builds an archive of at least `gb` GB of segments in `dir` (once),
+/// then times a quick and a full `wormvault verify` as child processes.
+pub fn sweep_bench(gb: f64, dir: &Path) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let config = dir.join("sweep-bench.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\n[store.local]\npath = {:?}\n",
+            dir.join("state").display().to_string(),
+            dir.join("archive").display().to_string()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let segments_bytes = |d: &Path| -> u64 {
+        fn walk(p: &Path) -> u64 {
+            std::fs::read_dir(p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        walk(&p)
+                    } else {
+                        e.metadata().map_or(0, |m| m.len())
+                    }
+                })
+                .sum()
+        }
+        walk(&d.join("archive").join("segments"))
+    };
+    let want = (gb * 1e9) as u64;
+    let mut round = 0u64;
+    while segments_bytes(dir) < want {
+        // About 190 bytes per event in a segment. Each round is two new days of about a
+        // million events each, so segments have the size the daemon's batch limits give a
+        // steady stream (tens of thousands of events), not the slivers of a scattered import.
+        let events = ((want - segments_bytes(dir)) / 180).clamp(100_000, 2_000_000);
+        let file = dir.join("events.ndjson");
+        let start = (0..2 * round).fold(Day::parse("2026-10-01").expect("valid"), |d, _| d.next());
+        generate(&file, events, start, 2, 1000 + round).map_err(|e| e.to_string())?;
+        println!("importing {events} events ...");
+        let out = std::process::Command::new(&exe)
+            .arg("--config")
+            .arg(&config)
+            .args(["archive", "--json"])
+            .arg(&file)
+            .env("WORMVAULT_LOG", "error")
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "archive failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let _ = std::fs::remove_file(&file);
+        round += 1;
+    }
+    let total = segments_bytes(dir);
+    println!(
+        "archive: {:.2} GB of segments in {}",
+        total as f64 / 1e9,
+        dir.join("archive").display()
+    );
+    let cores = crate::cli::cores() as f64;
+    for (level, flag, ceiling) in [
+        ("quick", None, QUICK_SWEEP_CEILING_PER_CORE),
+        ("full", Some("--full"), FULL_SWEEP_CEILING_PER_CORE),
+    ] {
+        // The files were just written and are in the page cache, as on a warm machine: the
+        // figure is the sweep's CPU cost, not the disk's.
+        let (stdout, _, took, maxrss) = run_measured(
+            std::process::Command::new(&exe)
+                .arg("--config")
+                .arg(&config)
+                .args(["verify", "--no-report", "--json"])
+                .args(flag)
+                .env("WORMVAULT_LOG", "error"),
+        )
+        .map_err(|e| e.to_string())?;
+        let secs = took.as_secs_f64();
+        let maxrss = maxrss as f64 / (1 << 20) as f64;
+        let report: serde_json::Value = serde_json::from_slice(&stdout)
+            .map_err(|e| format!("verify printed no report: {e}"))?;
+        let errors = report["findings"].as_array().map_or(0, |f| f.len());
+        let bytes = report["counts"]["bytes_verified"].as_f64().unwrap_or(0.0);
+        let rate = bytes / secs;
+        println!(
+            "{level:5} sweep: {:.2} GB in {secs:.2} s = {:.3} GB/s; {:.2} of the ceiling ({:.2} GB/s per core x {cores} cores); peak RSS {maxrss:.0} MiB; {} events; {errors} findings",
+            bytes / 1e9,
+            rate / 1e9,
+            rate / (ceiling * cores),
+            ceiling / 1e9,
+            report["counts"]["events"]
+        );
+    }
+    Ok(())
+}
+
 /// The process's peak resident set size in bytes (`VmHWM`), if the platform reports it.
 pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    peak_rss_of("self")
+}
+
+/// The peak resident set size (`VmHWM`) of process `pid` ("self" for this one), in bytes.
+pub fn peak_rss_of(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// Runs a command to completion with its stdout captured; returns the stdout, whether it
+/// succeeded, the wall time, and the child's own peak RSS in bytes (from `wait4`, so it covers
+/// the whole life of the child and nothing else).
+pub fn run_measured(
+    cmd: &mut std::process::Command,
+) -> std::io::Result<(Vec<u8>, bool, std::time::Duration, u64)> {
+    use std::io::Read;
+    let started = std::time::Instant::now();
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()?;
+    let mut stdout = Vec::new();
+    child
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_end(&mut stdout)?;
+    let mut status = 0;
+    // SAFETY: wait4 writes only the status and the rusage struct it is given; the child is
+    // ours and not waited for anywhere else.
+    let (pid, usage) = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        let pid = libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut u);
+        (pid, u)
+    };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    Ok((stdout, ok, started.elapsed(), usage.ru_maxrss as u64 * 1024))
 }
 
 /// Resets the peak RSS counter (Linux: `clear_refs` 5), so a measurement excludes setup.

@@ -69,10 +69,22 @@ pub fn write_string(out: &mut String, s: &str) {
     out.push('"');
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let mut i = 0;
+    while i < bytes.len() {
+        // Eight bytes at a time past the common case: nothing to escape.
+        if i + 8 <= bytes.len() {
+            let w = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("eight bytes"));
+            if !needs_escape(w) {
+                i += 8;
+                continue;
+            }
+        }
+        let b = bytes[i];
+        i += 1;
         if b >= 0x20 && b != b'"' && b != b'\\' {
             continue;
         }
+        let i = i - 1;
         out.push_str(&s[start..i]);
         match b {
             b'"' => out.push_str("\\\""),
@@ -90,6 +102,17 @@ pub fn write_string(out: &mut String, s: &str) {
     }
     out.push_str(&s[start..]);
     out.push('"');
+}
+
+/// True if any byte of `w` is below 0x20, `"` or `\\` (exact for every byte value: bytes
+/// of 0x80 and above never match).
+#[inline]
+fn needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    (below(w, 0x20) | zero(w ^ (ONES * b'"' as u64)) | zero(w ^ (ONES * b'\\' as u64))) != 0
 }
 
 /// Compares member names as RFC 8785 requires: by UTF-16 code units.
@@ -721,6 +744,23 @@ mod tests {
             canonicalize(r#""\u20ac$\u000F\u000aA'\u0042\u0022\u005c\\\"\/""#).unwrap(),
             "\"€$\\u000f\\nA'B\\\"\\\\\\\\\\\"/\""
         );
+    }
+
+    #[test]
+    fn string_escaping_finds_every_special_byte_at_every_position() {
+        // Each byte that must be escaped, alone and next to multi-byte characters, at every
+        // offset of a string long enough to take the eight-bytes-at-a-time path.
+        let specials = (0u8..0x20).chain([b'"', b'\\']).map(char::from);
+        for special in specials {
+            for at in 0..19 {
+                let mut s: String = "abcdéfgh€ijklmnopq".chars().collect();
+                let at = s.char_indices().nth(at).map_or(s.len(), |(i, _)| i);
+                s.insert(at, special);
+                let mut out = String::new();
+                write_string(&mut out, &s);
+                assert_eq!(out, serde_json::to_string(&s).unwrap(), "{s:?}");
+            }
+        }
     }
 
     #[test]

@@ -177,12 +177,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn rss_of(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
-}
-
 /// Pre-generated NDJSON requests of `batch` events each, with unique ids per `tag`.
 fn requests(n: u64, batch: usize, tag: u64) -> Vec<Bytes> {
     let mut rng = crate::bench::Rng::new(tag);
@@ -338,7 +332,7 @@ pub fn run_ingest_bench(opts: &IngestBench) -> Result<(), String> {
         }
         Ok::<f64, String>(sustained)
     });
-    let rss = rss_of(pid);
+    let rss = crate::bench::peak_rss_of(&pid.to_string());
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();

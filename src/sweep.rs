@@ -537,13 +537,16 @@ fn lock_findings(key: &str, head: &ObjectInfo, required: Timestamp, out: &mut Ve
     }
 }
 
+/// What checking one segment found: findings, bytes read and verified, events verified.
+type SegmentOutcome = Result<(Vec<Finding>, u64, u64), StoreError>;
+
 /// Checks one manifest's segment.
 async fn check_segment(
     store: Arc<dyn WormStore>,
     m: Manifest,
     versions: Option<Vec<VersionEntry>>,
     level: Level,
-) -> Result<(Vec<Finding>, u64, u64), StoreError> {
+) -> SegmentOutcome {
     let key = m.segment.key.clone();
     let mut out = Vec::new();
     let Some(versions) = versions else {
@@ -584,6 +587,7 @@ async fn check_segment(
         Err(e) => return Err(e),
     };
     let v = current.version_id.clone();
+    let m_sha256 = m.segment.sha256;
     if current.size != m.segment.size {
         out.push(
             Finding::new(
@@ -595,19 +599,26 @@ async fn check_segment(
             .expected_found(m.segment.size, current.size),
         );
     }
-    let (sha, bytes, verified) = match (level, current.sha256) {
-        (Level::Quick, Some(stored)) => (stored, None, 0),
-        _ => {
+    // Full: hash and decode in one blocking task (both are CPU work on the same bytes).
+    let (sha, verified, decoded) = match (level, current.sha256) {
+        (Level::Quick, Some(stored)) => (stored, 0, None),
+        (Level::Quick, None) => {
+            let (sha, len) = store.digest(&key, v.as_deref()).await?;
+            (sha, len, None)
+        }
+        (Level::Full, _) => {
             let bytes = store.get(&key, v.as_deref()).await?;
             let len = bytes.len() as u64;
-            let b = bytes.clone();
-            let sha = tokio::task::spawn_blocking(move || merkle::sha256(&b))
-                .await
-                .expect("hash task");
-            (sha, Some(bytes), len)
+            let (sha, decoded) = tokio::task::spawn_blocking(move || {
+                let sha = merkle::sha256(&bytes);
+                (sha, full_check(&m, bytes))
+            })
+            .await
+            .expect("segment check task");
+            (sha, len, Some(decoded))
         }
     };
-    if sha != m.segment.sha256 {
+    if sha != m_sha256 {
         out.push(
             Finding::new(
                 FindingClass::ChecksumMismatch,
@@ -615,16 +626,11 @@ async fn check_segment(
                 "the segment's SHA-256 is not the manifest's: its bytes changed",
             )
             .version(v.as_deref())
-            .expected_found(hex::encode(m.segment.sha256), hex::encode(sha)),
+            .expected_found(hex::encode(m_sha256), hex::encode(sha)),
         );
     }
     let mut events = 0;
-    if level == Level::Full
-        && let Some(bytes) = bytes
-    {
-        let (found, n) = tokio::task::spawn_blocking(move || full_check(&m, bytes))
-            .await
-            .expect("decode task");
+    if let Some((found, n)) = decoded {
         events = n;
         out.extend(found.into_iter().map(|f| f.version(v.as_deref())));
     }
@@ -706,6 +712,105 @@ fn full_check(m: &Manifest, bytes: Bytes) -> (Vec<Finding>, u64) {
 /// manifest follows it within seconds); older, it is reported.
 pub const IN_FLIGHT_GRACE_MICROS: i64 = 15 * 60 * 1_000_000;
 
+/// Manifest reads in flight per segment slot: manifests are small, so their reads are
+/// latency-bound rather than CPU-bound.
+const MANIFEST_READS_PER_SLOT: usize = 8;
+
+/// Reads manifests (bytes and HEAD of the given version), `width` at a time, returning them in
+/// the order given; `None` for a version that is listed but cannot be read.
+async fn read_manifests(
+    store: &Arc<dyn WormStore>,
+    reads: Vec<(String, String)>,
+    width: usize,
+) -> Result<Vec<(String, String, Option<(Bytes, ObjectInfo)>)>, StoreError> {
+    let mut out: Vec<_> = reads.into_iter().map(|(k, v)| (k, v, None)).collect();
+    let mut set = tokio::task::JoinSet::new();
+    let mut next = 0;
+    while next < out.len() || !set.is_empty() {
+        while next < out.len() && set.len() < width.max(1) {
+            let (store, key, version) = (store.clone(), out[next].0.clone(), out[next].1.clone());
+            let i = next;
+            set.spawn(async move {
+                let read = async {
+                    let bytes = store.get(&key, Some(&version)).await?;
+                    let head = store.head(&key, Some(&version)).await?;
+                    Ok::<_, StoreError>((bytes, head))
+                };
+                (i, read.await)
+            });
+            next += 1;
+        }
+        let Some(done) = set.join_next().await else {
+            break;
+        };
+        let (i, read) = done.expect("manifest read task");
+        match read {
+            Ok(x) => out[i].2 = Some(x),
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Segment checks in flight across days: at most `limit` at once, so memory is bounded by
+/// `limit` segments whatever the archive's size, and one day's checks overlap the next day's
+/// manifest reads.
+pub(crate) struct Pool {
+    limit: usize,
+    set: tokio::task::JoinSet<SegmentOutcome>,
+}
+
+impl Pool {
+    fn new(limit: usize) -> Pool {
+        Pool {
+            limit: limit.max(1),
+            set: tokio::task::JoinSet::new(),
+        }
+    }
+
+    async fn push(
+        &mut self,
+        store: Arc<dyn WormStore>,
+        m: Manifest,
+        versions: Option<Vec<VersionEntry>>,
+        level: Level,
+        counts: &mut Counts,
+        findings: &mut Vec<Finding>,
+    ) -> Result<(), StoreError> {
+        while self.set.len() >= self.limit {
+            self.join_one(counts, findings).await?;
+        }
+        self.set
+            .spawn(async move { check_segment(store, m, versions, level).await });
+        Ok(())
+    }
+
+    async fn join_one(
+        &mut self,
+        counts: &mut Counts,
+        findings: &mut Vec<Finding>,
+    ) -> Result<bool, StoreError> {
+        let Some(done) = self.set.join_next().await else {
+            return Ok(false);
+        };
+        let (found, bytes, events) = done.expect("segment task")?;
+        counts.bytes_verified += bytes;
+        counts.events += events;
+        findings.extend(found);
+        Ok(true)
+    }
+
+    async fn drain(
+        &mut self,
+        counts: &mut Counts,
+        findings: &mut Vec<Finding>,
+    ) -> Result<(), StoreError> {
+        while self.join_one(counts, findings).await? {}
+        Ok(())
+    }
+}
+
 /// Runs sweeps over one archive.
 pub struct Sweeper {
     pub store: Arc<dyn WormStore>,
@@ -752,11 +857,20 @@ impl Sweeper {
         let complete = opts.days.is_none() && opts.from.is_none() && opts.to.is_none();
         let mut counts = Counts::default();
         let mut chain = Chain::default();
+        let mut pool = Pool::new(opts.parallelism);
         for day in &days {
             counts.days += 1;
-            self.sweep_day(*day, opts, &mut counts, &mut chain, &mut findings)
-                .await?;
+            self.sweep_day(
+                *day,
+                opts,
+                &mut counts,
+                &mut chain,
+                &mut pool,
+                &mut findings,
+            )
+            .await?;
         }
+        pool.drain(&mut counts, &mut findings).await?;
         let (chain_findings, writers) = chain.finish(complete);
         findings.extend(chain_findings);
         findings.sort_by(|a, b| (a.key.as_str(), a.class).cmp(&(b.key.as_str(), b.class)));
@@ -794,21 +908,18 @@ impl Sweeper {
         opts: &SweepOptions,
         counts: &mut Counts,
         chain: &mut Chain,
+        pool: &mut Pool,
         findings: &mut Vec<Finding>,
     ) -> Result<(), StoreError> {
-        let mgroup = group(
-            self.store
-                .versions(&self.layout.manifests_of_day(day))
-                .await?,
+        let (mprefix, sprefix) = (
+            self.layout.manifests_of_day(day),
+            self.layout.segments_of_day(day),
         );
-        let mut sgroup = group(
-            self.store
-                .versions(&self.layout.segments_of_day(day))
-                .await?,
-        );
-        let mut lanes: BTreeMap<(String, String), Vec<LaneBatch>> = BTreeMap::new();
-        let mut jobs = Vec::new();
-        let mut named: BTreeSet<String> = BTreeSet::new();
+        let (mgroup, sgroup) =
+            tokio::join!(self.store.versions(&mprefix), self.store.versions(&sprefix));
+        let (mgroup, mut sgroup) = (group(mgroup?), group(sgroup?));
+        // Manifests are small and many: read them many at a time, then check them in key order.
+        let mut reads = Vec::with_capacity(mgroup.len());
         for (key, versions) in &mgroup {
             match self.layout.parse(key) {
                 Some(KeyKind::Manifest { day: d, .. }) if d == day => {}
@@ -823,28 +934,31 @@ impl Sweeper {
             }
             version_findings(key, versions, None, findings);
             // Read the newest version that is not a delete marker.
-            let Some(readable) = versions
+            if let Some(readable) = versions
                 .iter()
                 .filter(|v| !v.is_delete_marker)
                 .find(|v| v.is_latest)
                 .or_else(|| versions.iter().find(|v| !v.is_delete_marker))
-            else {
+            {
+                reads.push((key.clone(), readable.version_id.clone()));
+            }
+        }
+        let fetched =
+            read_manifests(&self.store, reads, pool.limit * MANIFEST_READS_PER_SLOT).await?;
+        let mut lanes: BTreeMap<(String, String), Vec<LaneBatch>> = BTreeMap::new();
+        let mut named: BTreeSet<String> = BTreeSet::new();
+        for (key, version_id, read) in fetched {
+            let key = &key;
+            let Some((bytes, head)) = read else {
+                findings.push(
+                    Finding::new(
+                        FindingClass::ObjectMissing,
+                        key,
+                        "a listed manifest version cannot be read",
+                    )
+                    .version(Some(&version_id)),
+                );
                 continue;
-            };
-            let bytes = match self.store.get(key, Some(&readable.version_id)).await {
-                Ok(b) => b,
-                Err(StoreError::NotFound { .. }) => {
-                    findings.push(
-                        Finding::new(
-                            FindingClass::ObjectMissing,
-                            key,
-                            "a listed manifest version cannot be read",
-                        )
-                        .version(Some(&readable.version_id)),
-                    );
-                    continue;
-                }
-                Err(e) => return Err(e),
             };
             counts.manifests += 1;
             let m = match Manifest::from_bytes(&bytes) {
@@ -852,7 +966,7 @@ impl Sweeper {
                 Err(e) => {
                     findings.push(
                         Finding::new(FindingClass::ManifestInvalid, key, e)
-                            .version(Some(&readable.version_id)),
+                            .version(Some(&version_id)),
                     );
                     continue;
                 }
@@ -864,7 +978,7 @@ impl Sweeper {
                         key,
                         "the manifest's bytes are not its canonical (RFC 8785) form",
                     )
-                    .version(Some(&readable.version_id)),
+                    .version(Some(&version_id)),
                 );
             }
             let info = &m.info;
@@ -907,7 +1021,6 @@ impl Sweeper {
                     key.clone(),
                 ));
             // The manifest object's own lock.
-            let head = self.store.head(key, Some(&readable.version_id)).await?;
             lock_findings(key, &head, m.retain_until, findings);
             if m.retain_until < info.retain_until {
                 findings.push(
@@ -952,7 +1065,15 @@ impl Sweeper {
                 counts.events += info.n_events;
             }
             let versions = sgroup.remove(&m.segment.key);
-            jobs.push((m, versions));
+            pool.push(
+                self.store.clone(),
+                m,
+                versions,
+                opts.level,
+                counts,
+                findings,
+            )
+            .await?;
         }
         for (key, versions) in &sgroup {
             let what = match self.layout.parse(key) {
@@ -986,22 +1107,6 @@ impl Sweeper {
                 }
                 next = last + 1;
             }
-        }
-        // The segments, several at a time.
-        let sem = Arc::new(tokio::sync::Semaphore::new(opts.parallelism.max(1)));
-        let mut set = tokio::task::JoinSet::new();
-        for (m, versions) in jobs {
-            let (store, sem, level) = (self.store.clone(), sem.clone(), opts.level);
-            set.spawn(async move {
-                let _permit = sem.acquire_owned().await.expect("semaphore");
-                check_segment(store, m, versions, level).await
-            });
-        }
-        while let Some(done) = set.join_next().await {
-            let (found, bytes, events) = done.expect("segment task")?;
-            counts.bytes_verified += bytes;
-            counts.events += events;
-            findings.extend(found);
         }
         Ok(())
     }

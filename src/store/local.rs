@@ -370,6 +370,45 @@ impl WormStore for LocalStore {
         .await
     }
 
+    async fn digest(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<(crate::merkle::Hash, u64), StoreError> {
+        use sha2::Digest;
+        use std::io::Read;
+        let head = self.head(key, version_id).await?;
+        let path = self.object_path(&head.key);
+        let key = key.to_owned();
+        blocking(move || {
+            thread_local! {
+                static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 1 << 20]);
+            }
+            let failed = |e: io::Error| StoreError::Other {
+                key: key.clone(),
+                message: e.to_string(),
+            };
+            let mut file = fs::File::open(&path).map_err(failed)?;
+            let mut hasher = sha2::Sha256::new();
+            let mut len = 0u64;
+            BUF.with_borrow_mut(|buf| {
+                loop {
+                    match file.read(buf) {
+                        Ok(0) => return Ok(()),
+                        Ok(n) => {
+                            hasher.update(&buf[..n]);
+                            len += n as u64;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(failed(e)),
+                    }
+                }
+            })?;
+            Ok((hasher.finalize().into(), len))
+        })
+        .await
+    }
+
     async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let dir = self.root.join(prefix.trim_end_matches('/'));
         let prefix = prefix.to_owned();

@@ -219,6 +219,14 @@ pub trait WormStore: Send + Sync + 'static {
     /// The bytes of the current (or a given) version.
     async fn get(&self, key: &str, version_id: Option<&str>) -> Result<Bytes, StoreError>;
 
+    /// The SHA-256 and length of the current (or a given) version, read as a stream: memory
+    /// does not grow with the object's size.
+    async fn digest(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<(crate::merkle::Hash, u64), StoreError>;
+
     /// Current objects under `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<ListEntry>, StoreError>;
 

@@ -253,6 +253,32 @@ impl WormStore for S3Store {
         Ok(body.into_bytes())
     }
 
+    async fn digest(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<(crate::merkle::Hash, u64), StoreError> {
+        use sha2::Digest;
+        let mut out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_version_id(version_id.map(str::to_owned))
+            .send()
+            .await
+            .map_err(|e| map_err(key, e))?;
+        let mut hasher = sha2::Sha256::new();
+        let mut len = 0u64;
+        while let Some(chunk) = out.body.next().await {
+            let chunk =
+                chunk.map_err(|e| StoreError::Unavailable(format!("reading {key}: {e}")))?;
+            hasher.update(&chunk);
+            len += chunk.len() as u64;
+        }
+        Ok((hasher.finalize().into(), len))
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ListEntry>, StoreError> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;

@@ -281,6 +281,9 @@ impl WormStore for GovernanceForOne {
     async fn get(&self, key: &str, v: Option<&str>) -> Result<Bytes, StoreError> {
         self.inner.get(key, v).await
     }
+    async fn digest(&self, key: &str, v: Option<&str>) -> Result<([u8; 32], u64), StoreError> {
+        self.inner.digest(key, v).await
+    }
     async fn list(&self, prefix: &str) -> Result<Vec<ListEntry>, StoreError> {
         self.inner.list(prefix).await
     }

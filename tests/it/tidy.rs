@@ -60,8 +60,8 @@ fn the_store_trait_has_no_delete() {
     }
     assert_eq!(
         trait_body.matches("async fn ").count(),
-        8,
-        "put_sealed, head, get, list, list_dirs, versions, versions_of, bucket_lock"
+        9,
+        "put_sealed, head, get, digest, list, list_dirs, versions, versions_of, bucket_lock"
     );
 }
 
