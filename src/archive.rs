@@ -36,11 +36,19 @@ pub struct Archive {
     pub state: Arc<State>,
     pub index: Arc<Index>,
     pub writer: WriterId,
+    /// Which days still take events (late events go to the current day once theirs is
+    /// anchored); shared with the daemon's anchoring loop.
+    pub gate: crate::batch::DayGate,
 }
 
 /// Opens the configured store.
 pub async fn open_store(settings: &Settings) -> Result<Arc<dyn WormStore>, OpenError> {
-    Ok(match &settings.store {
+    open_store_at(&settings.store).await
+}
+
+/// Opens a store from its settings.
+pub async fn open_store_at(store: &StoreSettings) -> Result<Arc<dyn WormStore>, OpenError> {
+    Ok(match store {
         StoreSettings::Local { path } => Arc::new(
             LocalStore::open(path)
                 .map_err(|e| OpenError::Store(format!("{}: {e}", path.display())))?,
@@ -97,12 +105,22 @@ impl Archive {
                 id
             }
         };
+        let gate = match &settings.anchor {
+            None => crate::batch::DayGate::open(),
+            Some(a) => {
+                let anchored = crate::anchor::anchored_days(&store, &settings.layout)
+                    .await
+                    .map_err(|e| OpenError::Store(format!("listing anchors: {e}")))?;
+                crate::batch::DayGate::new(a.close_after, anchored.last().copied())
+            }
+        };
         Ok(Archive {
             settings,
             store,
             state,
             index,
             writer,
+            gate,
         })
     }
 

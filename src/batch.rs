@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use crate::event::Record;
 use crate::index::{Fingerprint, Index, fingerprint};
 use crate::state::{Lane, State, StateError};
+use crate::timestamp::{Day, Timestamp};
 
 /// Fingerprints are uniformly random already: the hash is their first eight bytes.
 #[derive(Default)]
@@ -107,8 +108,80 @@ struct OpenBatch {
     opened: Instant,
 }
 
+/// Which days still take events. With anchoring on, a day closes when it is anchored, or
+/// `close_after` past its UTC midnight, whichever is first; an event whose `occurred_at` falls
+/// on a closed day is *late* and joins the lane of the current day (its `occurred_at` is kept),
+/// so nothing is ever added under a day whose anchor is made. Without anchoring every day
+/// stays open.
+#[derive(Clone, Debug, Default)]
+pub struct DayGate(Option<Arc<GateInner>>);
+
+#[derive(Debug)]
+struct GateInner {
+    /// Days since the epoch of the last anchored day known to this writer.
+    anchored_through: std::sync::atomic::AtomicI32,
+    close_after_micros: i64,
+}
+
+impl DayGate {
+    /// Every day open (anchoring off).
+    pub fn open() -> DayGate {
+        DayGate(None)
+    }
+
+    pub fn new(close_after: std::time::Duration, anchored_through: Option<Day>) -> DayGate {
+        DayGate(Some(Arc::new(GateInner {
+            anchored_through: std::sync::atomic::AtomicI32::new(
+                anchored_through.map_or(i32::MIN, |d| d.days_since_epoch()),
+            ),
+            close_after_micros: close_after.as_micros().min(i64::MAX as u128) as i64,
+        })))
+    }
+
+    /// Records that every day up to `day` is anchored.
+    pub fn close_through(&self, day: Day) {
+        if let Some(g) = &self.0 {
+            g.anchored_through
+                .fetch_max(day.days_since_epoch(), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The day of the lane an event that occurred on `occurred` joins now.
+    pub fn lane_day(&self, occurred: Day) -> Day {
+        match &self.0 {
+            None => occurred,
+            Some(_) => self.lane_day_at(occurred, Timestamp::now()),
+        }
+    }
+
+    /// The day of the lane an event that occurred on `occurred` joins at `now`.
+    pub fn lane_day_at(&self, occurred: Day, now: Timestamp) -> Day {
+        let Some(g) = &self.0 else {
+            return occurred;
+        };
+        let anchored = g
+            .anchored_through
+            .load(std::sync::atomic::Ordering::Relaxed);
+        // Day D closes at D's end + close_after: the last closed day is the day before
+        // (now - close_after).
+        let timed = now
+            .plus_micros(-g.close_after_micros)
+            .day()
+            .prev()
+            .days_since_epoch();
+        let closed = anchored.max(timed);
+        if occurred.days_since_epoch() > closed {
+            occurred
+        } else {
+            now.day()
+                .max(Day::from_days_since_epoch(closed.saturating_add(1)))
+        }
+    }
+}
+
 /// Admission, numbering and batching for one writer.
 pub struct Batcher {
+    gate: DayGate,
     limits: BatchLimits,
     state: Arc<State>,
     index: Arc<Index>,
@@ -130,6 +203,7 @@ impl Batcher {
     ) -> Result<Batcher, StateError> {
         let next_batch_idx = state.next_batch_idx()?;
         Ok(Batcher {
+            gate: DayGate::open(),
             limits,
             state,
             index,
@@ -141,6 +215,12 @@ impl Batcher {
             open_bytes: 0,
             closed: Vec::new(),
         })
+    }
+
+    /// Uses `gate` to decide which days are closed (late events go to the current day).
+    pub fn with_gate(mut self, gate: DayGate) -> Batcher {
+        self.gate = gate;
+        self
     }
 
     /// Admits one record: [`Batcher::reserve`] and, if it is new, [`Batcher::place`].
@@ -180,7 +260,7 @@ impl Batcher {
             });
         }
         let lane = Lane {
-            day,
+            day: self.gate.lane_day(day),
             class: record.retention_class.clone(),
         };
         let seq = match self.next_seq.get_mut(&lane) {
@@ -336,5 +416,40 @@ impl Batcher {
                 Ok(s)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn late_events_join_the_current_day_once_their_day_is_closed() {
+        let d = |s| Day::parse(s).unwrap();
+        let at = |s| Timestamp::parse_rfc3339(s).unwrap();
+        assert_eq!(
+            DayGate::open().lane_day_at(d("2020-01-01"), at("2026-11-22T12:00:00Z")),
+            d("2020-01-01")
+        );
+        let gate = DayGate::new(Duration::from_secs(600), None);
+        // Ten minutes past midnight closes yesterday; before that it is still open.
+        assert_eq!(
+            gate.lane_day_at(d("2026-11-21"), at("2026-11-22T00:09:59Z")),
+            d("2026-11-21")
+        );
+        assert_eq!(
+            gate.lane_day_at(d("2026-11-21"), at("2026-11-22T00:10:00Z")),
+            d("2026-11-22")
+        );
+        // An anchor closes its day at once, and every day before it.
+        let gate = DayGate::new(Duration::from_secs(10_000 * 86_400), Some(d("2020-01-02")));
+        let now = at("2026-11-22T12:00:00Z");
+        assert_eq!(gate.lane_day_at(d("2020-01-01"), now), d("2026-11-22"));
+        assert_eq!(gate.lane_day_at(d("2020-01-03"), now), d("2020-01-03"));
+        gate.close_through(d("2020-01-03"));
+        assert_eq!(gate.lane_day_at(d("2020-01-03"), now), d("2026-11-22"));
+        // Closing never goes backwards.
+        gate.close_through(d("2019-01-01"));
+        assert_eq!(gate.lane_day_at(d("2020-01-02"), now), d("2026-11-22"));
     }
 }

@@ -84,6 +84,42 @@ pub enum Command {
         #[arg(long)]
         parallelism: Option<usize>,
     },
+    /// Create an Ed25519 key for signing anchors: writes the secret key to a new file (mode
+    /// 0600) and prints the public key for `anchor.verification_keys`.
+    Keygen {
+        /// The key's name, e.g. `archive.example-bd.com/wormvault-2026` (no spaces or '+').
+        #[arg(long)]
+        name: String,
+        /// The file to create for the secret key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Anchor every day not yet anchored up to DAY (default: yesterday, UTC): compute the
+    /// daily root over the day's manifests, sign it, store it sealed (and mirror it).
+    Anchor {
+        /// The last day to anchor (YYYY-MM-DD); it must be over.
+        #[arg(long)]
+        day: Option<String>,
+    },
+    /// Write the offline proof bundle of one event (JSON): the event, its inclusion in its
+    /// segment, the manifest, its inclusion in the daily root, the signed anchor, the key.
+    Prove {
+        event_id: String,
+        /// Look from this UTC day on (the day the event occurred): faster on large archives.
+        #[arg(long)]
+        day: Option<String>,
+        /// Write the bundle here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check a proof bundle with no access to the archive. Exit 0 valid, 1 not valid.
+    VerifyProof {
+        file: PathBuf,
+        /// Require the anchor to be signed by this public key (`name+keyid+base64`); repeat for
+        /// several. Without it, the bundle's own key is used and printed for comparison.
+        #[arg(long = "key")]
+        keys: Vec<String>,
+    },
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -223,6 +259,20 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Token { name, roles } => token_cmd(&name, &roles),
+        Command::Keygen { name, out } => keygen_cmd(&name, &out),
+        Command::Anchor { day } => {
+            let Ok(settings) = load_settings(cli.config.as_deref()) else {
+                return ExitCode::from(2);
+            };
+            anchor_cmd(settings, day)
+        }
+        Command::Prove { event_id, day, out } => {
+            let Ok(settings) = load_settings(cli.config.as_deref()) else {
+                return ExitCode::from(2);
+            };
+            prove_cmd(settings, &event_id, day, out)
+        }
+        Command::VerifyProof { file, keys } => verify_proof_cmd(&file, &keys),
         Command::Verify {
             full,
             from,
@@ -370,7 +420,7 @@ fn verify_cmd(
     let rt = runtime_with(cores());
     let result = rt.block_on(async {
         let store = crate::archive::open_store(&settings).await.map_err(|e| e.to_string())?;
-        let sweeper = crate::sweep::Sweeper { store, layout: settings.layout.clone(), retention: settings.retention.clone() };
+        let sweeper = crate::sweep::Sweeper::from_settings(&settings, store).await?;
         let opts = crate::sweep::SweepOptions {
             level: if full { crate::sweep::Level::Full } else { crate::sweep::Level::Quick },
             from,
@@ -411,6 +461,200 @@ fn verify_cmd(
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+fn keygen_cmd(name: &str, out: &std::path::Path) -> ExitCode {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let key = match crate::note::SignerKey::generate(name) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .and_then(|mut f| {
+            f.write_all(format!("{}\n", key.to_secret_string()).as_bytes())?;
+            f.sync_all()
+        });
+    if let Err(e) = written {
+        eprintln!(
+            "error: creating {}: {e} (an existing key file is never replaced)",
+            out.display()
+        );
+        return ExitCode::from(2);
+    }
+    println!(
+        "# The signing key is in {} (keep it secret; only the daemon reads it).",
+        out.display()
+    );
+    println!("# Its public key, for every verifier and for the configuration:");
+    println!("[anchor]");
+    println!("signing_key = {:?}", out.display().to_string());
+    println!("verification_keys = [{:?}]", key.verifier().to_string());
+    ExitCode::SUCCESS
+}
+
+fn anchor_cmd(settings: Settings, day: Option<String>) -> ExitCode {
+    let day = match day {
+        None => crate::timestamp::Timestamp::now().day().prev(),
+        Some(s) => match Day::parse(&s) {
+            Some(d) => d,
+            None => {
+                eprintln!("error: --day must be a day like 2026-11-20, not {s:?}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let rt = runtime();
+    let result = rt.block_on(async {
+        let store = crate::archive::open_store(&settings)
+            .await
+            .map_err(|e| e.to_string())?;
+        let anchorer = crate::anchor::Anchorer::from_settings(&settings, store)
+            .await?
+            .ok_or(
+                "anchoring is not configured: add an [anchor] section (see `wormvault keygen`)",
+            )?;
+        anchorer
+            .anchor_through(day)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(done) => {
+            for a in done {
+                println!(
+                    "{} {} {}: {} manifests, root {}",
+                    a.day,
+                    if a.created {
+                        "anchored"
+                    } else {
+                        "already anchored"
+                    },
+                    a.key,
+                    a.size,
+                    hex::encode(a.root)
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn prove_cmd(
+    settings: Settings,
+    event_id: &str,
+    day: Option<String>,
+    out: Option<PathBuf>,
+) -> ExitCode {
+    let near = match day.as_deref().map(Day::parse) {
+        None => None,
+        Some(Some(d)) => Some(d),
+        Some(None) => {
+            eprintln!("error: --day must be a day like 2026-11-20");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(anchor) = &settings.anchor else {
+        eprintln!("error: anchoring is not configured ([anchor]); a proof needs the day's anchor");
+        return ExitCode::from(2);
+    };
+    let keys = anchor.accepted_keys();
+    let rt = runtime();
+    let result = rt.block_on(async {
+        let store = crate::archive::open_store(&settings)
+            .await
+            .map_err(|e| e.to_string())?;
+        crate::proof::prove(&store, &settings.layout, &keys, event_id, near).await
+    });
+    let bundle = match result {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let json = serde_json::to_string_pretty(&bundle).expect("serializable") + "\n";
+    match out {
+        None => print!("{json}"),
+        Some(path) => {
+            if let Err(e) = std::fs::write(&path, json) {
+                eprintln!("error: writing {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+            eprintln!(
+                "wrote the proof of {event_id} ({} on {}) to {}",
+                bundle.segment_key,
+                bundle.anchor_key,
+                path.display()
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn verify_proof_cmd(file: &std::path::Path, keys: &[String]) -> ExitCode {
+    let mut pinned = Vec::new();
+    for k in keys {
+        match crate::note::VerifierKey::parse(k) {
+            Ok(k) => pinned.push(k),
+            Err(e) => {
+                eprintln!("error: --key {k:?}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let bundle: crate::proof::ProofBundle = match std::fs::read(file)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("not a proof bundle: {e}")))
+    {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    match crate::proof::verify(&bundle, &pinned) {
+        Ok(p) => {
+            println!(
+                "VALID: event {} (occurred {}) is in {}",
+                p.event_id, p.occurred_at, p.segment_key
+            );
+            println!(
+                "       whose manifest is in the daily root of {} signed by {}",
+                p.day, p.signed_by
+            );
+            println!(
+                "       origin {}{}",
+                p.origin,
+                if p.late {
+                    "; archived late, on a day after it occurred"
+                } else {
+                    ""
+                }
+            );
+            if pinned.is_empty() {
+                println!(
+                    "       (no --key given: compare the key above with the firm's published key)"
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("INVALID: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -56,6 +56,33 @@ pub struct WormvaultConfig {
     pub auth: AuthConfig,
     #[serde(default)]
     pub sweep: SweepConfig,
+    /// Daily roots and signed anchors; off when the section is absent.
+    pub anchor: Option<AnchorConfig>,
+}
+
+/// `[anchor]`: the signed daily root (docs/FORMAT.md §11).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnchorConfig {
+    /// File holding the signing key (`wormvault keygen`), readable only by the daemon. Needed
+    /// to anchor (`serve`, `anchor`); sweeps and proofs need only the public keys.
+    pub signing_key: Option<PathBuf>,
+    /// Public keys whose anchors are accepted, as `name+keyid+base64` (what `keygen` prints).
+    /// Keep retired keys here so that their anchors stay verifiable after a rotation.
+    #[serde(default)]
+    pub verification_keys: Vec<String>,
+    /// The first line of every anchor: a name for this archive, e.g.
+    /// `"archive.example-bd.com/wormvault"`. Default: the signing key's name.
+    pub origin: Option<String>,
+    /// How long after each UTC midnight the daemon anchors the day before. Default: 30 min.
+    pub delay: Option<String>,
+    /// How long after its midnight a day stops taking events; later ones for it are archived
+    /// as late events in the current day. Must be shorter than `delay` minus `batch.max_age`.
+    /// Default: 10 min.
+    pub close_after: Option<String>,
+    /// A second store that receives a copy of every anchor (another bucket, region or
+    /// endpoint), with the same keys as `[store]`.
+    pub mirror: Option<StoreConfig>,
 }
 
 /// `[sweep]`: scheduled integrity sweeps in the daemon.
@@ -381,6 +408,42 @@ pub struct ServerSettings {
     pub tokens: Vec<crate::auth::Token>,
 }
 
+/// Anchoring, resolved.
+#[derive(Clone, Debug)]
+pub struct AnchorSettings {
+    pub signing_key: Option<PathBuf>,
+    pub keys: Vec<crate::note::VerifierKey>,
+    pub origin: Option<String>,
+    pub delay: Duration,
+    pub close_after: Duration,
+    pub mirror: Option<(StoreSettings, Layout)>,
+}
+
+impl AnchorSettings {
+    /// Reads the signing key; its public key joins the accepted keys.
+    pub fn load_signer(&self) -> Result<crate::note::SignerKey, String> {
+        let path = self
+            .signing_key
+            .as_ref()
+            .ok_or("anchor.signing_key is not set; anchoring needs it (`wormvault keygen`)")?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("anchor.signing_key {}: {e}", path.display()))?;
+        crate::note::SignerKey::parse(&text)
+            .map_err(|e| format!("anchor.signing_key {}: {e}", path.display()))
+    }
+
+    /// The accepted keys plus, when it can be read, the signing key's own public key.
+    pub fn accepted_keys(&self) -> Vec<crate::note::VerifierKey> {
+        let mut keys = self.keys.clone();
+        if let Ok(s) = self.load_signer()
+            && !keys.contains(&s.verifier())
+        {
+            keys.push(s.verifier());
+        }
+        keys
+    }
+}
+
 /// Scheduled sweeps, resolved.
 #[derive(Clone, Debug)]
 pub struct SweepSettings {
@@ -389,6 +452,52 @@ pub struct SweepSettings {
     pub sample_percent: u8,
     pub parallelism: usize,
     pub webhook: Option<String>,
+}
+
+/// Resolves a `[store]`-shaped section (`[store]`, `[anchor.mirror]`).
+fn resolve_store(
+    kind: StoreKind,
+    local: LocalConfig,
+    s3: Option<S3Config>,
+    section: &str,
+    err: &dyn Fn(String) -> ConfigError,
+) -> Result<StoreSettings, ConfigError> {
+    let dur = |key: &str, v: &Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+        v.as_deref().map_or(Ok(default), |s| {
+            parse_duration(s).map_err(|m| err(format!("{key}: {m}")))
+        })
+    };
+    Ok(match kind {
+        StoreKind::Local => StoreSettings::Local {
+            path: local.path.unwrap_or_else(|| "wormvault-archive".into()),
+        },
+        StoreKind::S3 => {
+            let s3 = s3.ok_or_else(|| {
+                err(format!(
+                    "{section}.kind is \"s3\" but there is no [{section}.s3] section with a bucket"
+                ))
+            })?;
+            if s3.bucket.is_empty() {
+                return Err(err(format!("{section}.s3.bucket is empty")));
+            }
+            StoreSettings::S3(S3Settings {
+                force_path_style: s3.force_path_style.unwrap_or(s3.endpoint.is_some()),
+                bucket: s3.bucket,
+                region: s3.region.unwrap_or_else(|| "us-east-1".into()),
+                endpoint: s3.endpoint,
+                connect_timeout: dur(
+                    &format!("{section}.s3.connect_timeout"),
+                    &s3.connect_timeout,
+                    Duration::from_secs(5),
+                )?,
+                operation_timeout: dur(
+                    &format!("{section}.s3.operation_timeout"),
+                    &s3.operation_timeout,
+                    Duration::from_secs(60),
+                )?,
+            })
+        }
+    })
 }
 
 /// Parses a cron expression. Five fields are crontab (`min hour dom mon dow`, days of the week
@@ -465,6 +574,7 @@ pub struct Settings {
     pub retention: Arc<RetentionPolicy>,
     pub server: ServerSettings,
     pub sweep: SweepSettings,
+    pub anchor: Option<AnchorSettings>,
 }
 
 /// A configuration problem, with the key it concerns.
@@ -559,42 +669,7 @@ impl Settings {
             .map(WriterId::parse)
             .transpose()
             .map_err(|m| err(format!("writer_id: {m}")))?;
-        let store = match c.store.kind {
-            StoreKind::Local => StoreSettings::Local {
-                path: c
-                    .store
-                    .local
-                    .path
-                    .unwrap_or_else(|| "wormvault-archive".into()),
-            },
-            StoreKind::S3 => {
-                let s3 = c.store.s3.ok_or_else(|| {
-                    err(
-                        "store.kind is \"s3\" but there is no [store.s3] section with a bucket"
-                            .into(),
-                    )
-                })?;
-                if s3.bucket.is_empty() {
-                    return Err(err("store.s3.bucket is empty".into()));
-                }
-                StoreSettings::S3(S3Settings {
-                    force_path_style: s3.force_path_style.unwrap_or(s3.endpoint.is_some()),
-                    bucket: s3.bucket,
-                    region: s3.region.unwrap_or_else(|| "us-east-1".into()),
-                    endpoint: s3.endpoint,
-                    connect_timeout: dur(
-                        "store.s3.connect_timeout",
-                        &s3.connect_timeout,
-                        Duration::from_secs(5),
-                    )?,
-                    operation_timeout: dur(
-                        "store.s3.operation_timeout",
-                        &s3.operation_timeout,
-                        Duration::from_secs(60),
-                    )?,
-                })
-            }
-        };
+        let store = resolve_store(c.store.kind, c.store.local, c.store.s3, "store", &err)?;
         let max_event_bytes = c.events.max_event_bytes.map_or(1 << 20, |b| b.0) as usize;
         if max_event_bytes < 1024 {
             return Err(err(format!(
@@ -719,6 +794,58 @@ impl Settings {
                 "sweep.webhook {w:?} must be an http:// or https:// URL"
             )));
         }
+        let anchor = match c.anchor {
+            None => None,
+            Some(a) => {
+                let mut keys = Vec::new();
+                for k in &a.verification_keys {
+                    keys.push(
+                        crate::note::VerifierKey::parse(k)
+                            .map_err(|m| err(format!("anchor.verification_keys: {k:?}: {m}")))?,
+                    );
+                }
+                let delay = dur("anchor.delay", &a.delay, Duration::from_secs(1800))?;
+                let close_after = dur(
+                    "anchor.close_after",
+                    &a.close_after,
+                    Duration::from_secs(600),
+                )?;
+                if close_after + batch.max_age >= delay {
+                    return Err(err(format!(
+                        "anchor.close_after ({}) plus batch.max_age ({}) must be shorter than anchor.delay ({}), or a batch could reach a day after its anchor",
+                        format_duration(close_after),
+                        format_duration(batch.max_age),
+                        format_duration(delay)
+                    )));
+                }
+                if let Some(o) = &a.origin
+                    && (o.is_empty() || o.contains('\n'))
+                {
+                    return Err(err("anchor.origin must be one non-empty line".into()));
+                }
+                let mirror = match a.mirror {
+                    None => None,
+                    Some(m) => Some((
+                        resolve_store(m.kind, m.local, m.s3, "anchor.mirror", &err)?,
+                        Layout::new(&m.prefix),
+                    )),
+                };
+                if a.signing_key.is_none() && keys.is_empty() {
+                    return Err(err(
+                        "[anchor] needs a signing_key (to anchor) or verification_keys (to check)"
+                            .into(),
+                    ));
+                }
+                Some(AnchorSettings {
+                    signing_key: a.signing_key,
+                    keys,
+                    origin: a.origin,
+                    delay,
+                    close_after,
+                    mirror,
+                })
+            }
+        };
         if server.max_body < max_event_bytes {
             return Err(err(
                 "server.max_body must be at least events.max_event_bytes".into(),
@@ -736,6 +863,7 @@ impl Settings {
             retention: Arc::new(retention),
             server,
             sweep,
+            anchor,
             origin,
         })
     }

@@ -131,6 +131,7 @@ pub fn start(
         archive.index.clone(),
         archive.settings.batch,
     )
+    .map(|b| b.with_gate(archive.gate.clone()))
     .map_err(|e| e.to_string())?;
     let wake = wake_uploader.clone();
     let pipeline = SealPipeline::start(archive, limits.workers, move |_| {

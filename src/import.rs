@@ -197,7 +197,8 @@ pub fn import(
         archive.state.clone(),
         archive.index.clone(),
         archive.settings.batch,
-    )?;
+    )
+    .map(|b| b.with_gate(archive.gate.clone()))?;
 
     // Upload what an earlier run left in the outbox, and keep uploading as batches commit.
     let uploader = archive.uploader();

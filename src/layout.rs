@@ -4,6 +4,7 @@
 //! {prefix}segments/dt=YYYY-MM-DD/{writer}-{batch_idx:012}.parquet   one batch's events
 //! {prefix}manifests/dt=YYYY-MM-DD/{writer}-{batch_idx:012}.json     the sealed record of it
 //! {prefix}sweeps/dt=YYYY-MM-DD/{sweep_id}.json and .txt                a sweep report (run day)
+//! {prefix}anchors/dt=YYYY-MM-DD/anchor.note                          the day's signed daily root
 //! ```
 //!
 //! `dt=` is the UTC day of the events' `occurred_at` (Hive partitioning, so DuckDB, Athena,
@@ -83,6 +84,7 @@ pub struct Layout {
 pub const SEGMENTS: &str = "segments/";
 pub const MANIFESTS: &str = "manifests/";
 pub const SWEEPS: &str = "sweeps/";
+pub const ANCHORS: &str = "anchors/";
 
 impl Layout {
     /// `prefix` may be empty; otherwise a trailing `/` is added if missing.
@@ -135,6 +137,16 @@ impl Layout {
     /// A sweep report: `{prefix}sweeps/dt=YYYY-MM-DD/{sweep_id}.{json|txt}` (the day it ran).
     pub fn sweep_report(&self, day: Day, sweep_id: &str, ext: &str) -> String {
         format!("{}{SWEEPS}dt={day}/{sweep_id}.{ext}", self.prefix)
+    }
+
+    /// The prefix of all anchors (one `dt=` directory per anchored day).
+    pub fn anchors_prefix(&self) -> String {
+        format!("{}{ANCHORS}", self.prefix)
+    }
+
+    /// The signed daily root of `day`: `{prefix}anchors/dt=YYYY-MM-DD/anchor.note`.
+    pub fn anchor(&self, day: Day) -> String {
+        format!("{}{ANCHORS}dt={day}/anchor.note", self.prefix)
     }
 
     /// The day of a `…/dt=YYYY-MM-DD/` directory prefix returned by a listing.

@@ -24,6 +24,7 @@
 //! - [`config`], [`telemetry`], [`cli`], [`bench`]: the edges.
 //! - [`timestamp`]: UTC instants and days.
 
+pub mod anchor;
 pub mod archive;
 pub mod auth;
 pub mod batch;
@@ -40,8 +41,10 @@ pub mod layout;
 pub mod loadgen;
 pub mod manifest;
 pub mod merkle;
+pub mod note;
 pub mod notify;
 pub mod pipeline;
+pub mod proof;
 pub mod retention;
 pub mod seal;
 pub mod segment;

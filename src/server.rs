@@ -131,12 +131,36 @@ pub async fn run(
         shared.clone(),
     ));
     let sweeps_stop = tokio_util::sync::CancellationToken::new();
+    let anchoring = match &settings.anchor {
+        None => None,
+        Some(a) => {
+            let anchorer = if a.signing_key.is_some() {
+                Some(
+                    crate::anchor::Anchorer::from_settings(&settings, archive.store.clone())
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?
+                        .expect("[anchor] is configured"),
+                )
+            } else {
+                tracing::info!(
+                    "No anchor.signing_key: this daemon does not anchor; it follows the anchors other writers make."
+                );
+                None
+            };
+            Some(tokio::spawn(crate::anchor::run_scheduled(
+                archive.store.clone(),
+                settings.layout.clone(),
+                anchorer,
+                a.delay,
+                archive.gate.clone(),
+                sweeps_stop.clone(),
+            )))
+        }
+    };
     let sweeps = tokio::spawn(crate::sweep::run_scheduled(
-        crate::sweep::Sweeper {
-            store: archive.store.clone(),
-            layout: settings.layout.clone(),
-            retention: settings.retention.clone(),
-        },
+        crate::sweep::Sweeper::from_settings(&settings, archive.store.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
         archive.state.clone(),
         settings.sweep.clone(),
         sweeps_stop.clone(),
@@ -181,6 +205,9 @@ pub async fn run(
     checker.abort();
     sweeps_stop.cancel();
     let _ = sweeps.await;
+    if let Some(a) = anchoring {
+        let _ = a.await;
+    }
     stop.store(true, Ordering::Release);
     wake.notify_one();
     match tokio::time::timeout(settings.server.drain_timeout, uploader).await {

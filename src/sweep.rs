@@ -96,12 +96,24 @@ pub enum FindingClass {
     /// An object under the archive prefix that no manifest names, or not a key the pipeline
     /// writes.
     UnknownObject,
+    /// A day since the first anchor has no anchor (or a day with manifests before it).
+    AnchorMissing,
+    /// An anchor is not a valid signed note of a daily root, or a signature does not verify.
+    AnchorInvalid,
+    /// An anchor is signed by no accepted key.
+    AnchorUnknownKey,
+    /// An anchor's tree size or root is not that of its day's manifests.
+    AnchorRootMismatch,
+    /// An anchor does not link to the previous day's anchor.
+    AnchorChainBroken,
+    /// The mirror's copy of an anchor is missing or differs.
+    AnchorMirrorMismatch,
     /// A legal hold is on (recorded, not a problem).
     LegalHold,
 }
 
 impl FindingClass {
-    pub const ALL: [FindingClass; 21] = [
+    pub const ALL: [FindingClass; 27] = [
         FindingClass::ObjectMissing,
         FindingClass::DeleteMarker,
         FindingClass::ExtraVersion,
@@ -122,6 +134,12 @@ impl FindingClass {
         FindingClass::ChainFork,
         FindingClass::LaneGap,
         FindingClass::UnknownObject,
+        FindingClass::AnchorMissing,
+        FindingClass::AnchorInvalid,
+        FindingClass::AnchorUnknownKey,
+        FindingClass::AnchorRootMismatch,
+        FindingClass::AnchorChainBroken,
+        FindingClass::AnchorMirrorMismatch,
         FindingClass::LegalHold,
     ];
 
@@ -147,6 +165,12 @@ impl FindingClass {
             FindingClass::ChainFork => "chain_fork",
             FindingClass::LaneGap => "lane_gap",
             FindingClass::UnknownObject => "unknown_object",
+            FindingClass::AnchorMissing => "anchor_missing",
+            FindingClass::AnchorInvalid => "anchor_invalid",
+            FindingClass::AnchorUnknownKey => "anchor_unknown_key",
+            FindingClass::AnchorRootMismatch => "anchor_root_mismatch",
+            FindingClass::AnchorChainBroken => "anchor_chain_broken",
+            FindingClass::AnchorMirrorMismatch => "anchor_mirror_mismatch",
             FindingClass::LegalHold => "legal_hold",
         }
     }
@@ -816,9 +840,207 @@ pub struct Sweeper {
     pub store: Arc<dyn WormStore>,
     pub layout: Layout,
     pub retention: Arc<RetentionPolicy>,
+    /// Checks of the daily anchors, when anchoring is configured.
+    pub anchors: Option<AnchorCheck>,
+}
+
+/// What a sweep needs to check anchors: the accepted keys, and the mirror if there is one.
+#[derive(Clone)]
+pub struct AnchorCheck {
+    pub keys: Vec<crate::note::VerifierKey>,
+    pub mirror: Option<crate::anchor::Mirror>,
 }
 
 impl Sweeper {
+    /// The sweeper the settings describe, on `store`.
+    pub async fn from_settings(
+        settings: &crate::config::Settings,
+        store: Arc<dyn WormStore>,
+    ) -> Result<Sweeper, String> {
+        let anchors = match &settings.anchor {
+            None => None,
+            Some(a) => Some(AnchorCheck {
+                keys: a.accepted_keys(),
+                mirror: match &a.mirror {
+                    None => None,
+                    Some((s, layout)) => Some(crate::anchor::Mirror {
+                        store: crate::archive::open_store_at(s)
+                            .await
+                            .map_err(|e| format!("anchor.mirror: {e}"))?,
+                        layout: layout.clone(),
+                    }),
+                },
+            }),
+        };
+        Ok(Sweeper {
+            store,
+            layout: settings.layout.clone(),
+            retention: settings.retention.clone(),
+            anchors,
+        })
+    }
+
+    /// Checks the anchor chain over the days the sweep covers: one anchor per day from the
+    /// first (through the day before yesterday, when the daemon's has surely run), each a
+    /// valid note signed by an accepted key, over exactly its day's manifests, linked to the
+    /// day before, and identical on the mirror.
+    async fn check_anchors(
+        &self,
+        opts: &SweepOptions,
+        swept: &BTreeSet<Day>,
+        findings: &mut Vec<Finding>,
+    ) -> Result<(), StoreError> {
+        let Some(check) = &self.anchors else {
+            return Ok(());
+        };
+        let anchored = crate::anchor::anchored_days(&self.store, &self.layout).await?;
+        let Some(&first) = anchored.first() else {
+            return Ok(());
+        };
+        for d in swept.iter().filter(|d| **d < first) {
+            findings.push(Finding::new(
+                FindingClass::AnchorMissing,
+                &self.layout.anchor(*d),
+                format!("{d} has manifests but comes before the first anchor ({first}): no anchor covers it"),
+            ));
+        }
+        let due = Timestamp::now().day().prev().prev();
+        let last = anchored.last().copied().unwrap_or(first).max(due);
+        let wanted = |d: Day| match &opts.days {
+            Some(days) => days.contains(&d),
+            None => opts.from.is_none_or(|f| d >= f) && opts.to.is_none_or(|t| d <= t),
+        };
+        let mut d = first;
+        while d <= last {
+            if wanted(d) {
+                self.check_anchor(d, first, check, findings).await?;
+            }
+            d = d.next();
+        }
+        Ok(())
+    }
+
+    async fn check_anchor(
+        &self,
+        day: Day,
+        first: Day,
+        check: &AnchorCheck,
+        findings: &mut Vec<Finding>,
+    ) -> Result<(), StoreError> {
+        let key = self.layout.anchor(day);
+        let bytes = match self.store.get(&key, None).await {
+            Ok(b) => b,
+            Err(StoreError::NotFound { .. }) => {
+                findings.push(Finding::new(
+                    FindingClass::AnchorMissing,
+                    &key,
+                    format!("{day} has no anchor, though every day since {first} must"),
+                ));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        // Sealed like every archived object.
+        let head = self.store.head(&key, None).await?;
+        let required = self
+            .retention
+            .longest_from(day.next().start())
+            .ceil_to_second();
+        lock_findings(&key, &head, required, findings);
+        let versions = self.store.versions_of(&key).await?;
+        version_findings(&key, &versions, head.version_id.as_deref(), findings);
+        let anchor = match crate::anchor::open_anchor(&key, bytes.clone(), &check.keys) {
+            Ok(a) if a.body.day == day => a,
+            Ok(a) => {
+                findings.push(
+                    Finding::new(
+                        FindingClass::AnchorInvalid,
+                        &key,
+                        "the anchor names another day",
+                    )
+                    .expected_found(day, a.body.day),
+                );
+                return Ok(());
+            }
+            Err(crate::anchor::AnchorProblem::Note(crate::note::NoteError::UnknownKey(by))) => {
+                findings.push(Finding::new(
+                    FindingClass::AnchorUnknownKey,
+                    &key,
+                    format!("signed by {by}, which is not among the accepted keys (anchor.verification_keys)"),
+                ));
+                return Ok(());
+            }
+            Err(e) => {
+                findings.push(Finding::new(
+                    FindingClass::AnchorInvalid,
+                    &key,
+                    format!("not a valid anchor: {e}"),
+                ));
+                return Ok(());
+            }
+        };
+        let manifests = crate::anchor::DayManifests::read(&self.store, &self.layout, day).await?;
+        let (size, root) = (manifests.manifests.len() as u64, manifests.root());
+        if anchor.body.size != size || anchor.body.root != root {
+            findings.push(
+                Finding::new(
+                    FindingClass::AnchorRootMismatch,
+                    &key,
+                    "the anchored daily root is not the root of the day's manifests: a manifest was added, removed or changed after the day was anchored",
+                )
+                .expected_found(
+                    format!("{size} manifests, root {}", hex::encode(root)),
+                    format!("{} manifests, root {}", anchor.body.size, hex::encode(anchor.body.root)),
+                ),
+            );
+        }
+        let expected_prev = if day == first {
+            None
+        } else {
+            match self.store.get(&self.layout.anchor(day.prev()), None).await {
+                Ok(b) => Some(merkle::sha256(&b)),
+                // Reported as missing for that day.
+                Err(StoreError::NotFound { .. }) => anchor.body.prev,
+                Err(e) => return Err(e),
+            }
+        };
+        if anchor.body.prev != expected_prev {
+            let show = |h: Option<Hash>| h.map_or("none".to_owned(), hex::encode);
+            findings.push(
+                Finding::new(
+                    FindingClass::AnchorChainBroken,
+                    &key,
+                    "the anchor does not link to the previous day's anchor",
+                )
+                .expected_found(show(expected_prev), show(anchor.body.prev)),
+            );
+        }
+        if let Some(m) = &check.mirror {
+            let mkey = m.layout.anchor(day);
+            match m.store.get(&mkey, None).await {
+                Ok(copy) if copy == bytes => {}
+                Ok(copy) => findings.push(
+                    Finding::new(
+                        FindingClass::AnchorMirrorMismatch,
+                        &key,
+                        format!("the mirror's {mkey} differs from the archive's anchor"),
+                    )
+                    .expected_found(
+                        hex::encode(merkle::sha256(&bytes)),
+                        hex::encode(merkle::sha256(&copy)),
+                    ),
+                ),
+                Err(StoreError::NotFound { .. }) => findings.push(Finding::new(
+                    FindingClass::AnchorMirrorMismatch,
+                    &key,
+                    format!("the mirror has no {mkey}"),
+                )),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Every day that has manifests or segments, in order.
     pub async fn days(&self) -> Result<(BTreeSet<Day>, Vec<Finding>), StoreError> {
         let mut days = BTreeSet::new();
@@ -871,6 +1093,7 @@ impl Sweeper {
             .await?;
         }
         pool.drain(&mut counts, &mut findings).await?;
+        self.check_anchors(opts, &days, &mut findings).await?;
         let (chain_findings, writers) = chain.finish(complete);
         findings.extend(chain_findings);
         findings.sort_by(|a, b| (a.key.as_str(), a.class).cmp(&(b.key.as_str(), b.class)));

@@ -1,5 +1,6 @@
 //! The integration tests: one binary, helpers in `util`.
 
+mod anchor;
 mod archive;
 mod cli;
 mod daemon;

@@ -79,6 +79,7 @@ fn sweep(t: &Target, level: Level) -> SweepReport {
 fn sweep_with(t: &Target, store: Arc<dyn WormStore>, level: Level) -> SweepReport {
     let settings = t.settings();
     let sweeper = Sweeper {
+        anchors: None,
         store,
         layout: settings.layout.clone(),
         retention: settings.retention.clone(),
@@ -111,7 +112,7 @@ fn assert_has(report: &SweepReport, class: FindingClass, key: &str) {
 
 /// Replaces an object's bytes through the side door: a new version on S3 (no
 /// `If-None-Match`), the file itself on the local store.
-fn overwrite(t: &Target, key: &str, body: Vec<u8>) {
+pub(crate) fn overwrite(t: &Target, key: &str, body: Vec<u8>) {
     match t.backend {
         Backend::LocalStack => {
             let admin = crate::util::admin_client(&t.endpoint);

@@ -270,8 +270,9 @@ def main():
             if rec["retention_class"] != info["retention_class"]:
                 problems.append(f"{seg_key} row {i}: class differs from the segment's")
             occurred = parse_ts(rec["occurred_at"])
-            if occurred.strftime("%Y-%m-%d") != info["day"]:
-                problems.append(f"{seg_key} row {i}: occurred_at {rec['occurred_at']} is not on day {info['day']}")
+            # On the segment's day, or earlier for a late event (FORMAT.md §11).
+            if occurred.strftime("%Y-%m-%d") > info["day"]:
+                problems.append(f"{seg_key} row {i}: occurred_at {rec['occurred_at']} is after the segment's day {info['day']}")
             if period is None:
                 problems.append(f"{seg_key}: unknown retention class {info['retention_class']}")
             elif parse_ts(info["retain_until"]) < add_period(occurred, *period):

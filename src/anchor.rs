@@ -1,0 +1,532 @@
+//! Daily roots and their signed anchors.
+//!
+//! The **daily root** of UTC day D is the RFC 6962 Merkle root over the manifests stored
+//! under `manifests/dt=D/` by every writer, in key order (byte-wise, which is writer id then
+//! `batch_idx`); each leaf is SHA-256(0x00 ‖ the manifest's stored bytes). A day with no
+//! manifests has the empty tree (size 0, root SHA-256 of nothing), so absence is provable.
+//!
+//! The **anchor** of D is a C2SP signed note in checkpoint form (docs/FORMAT.md §11):
+//!
+//! ```text
+//! <origin>
+//! <number of manifests>
+//! <base64 daily root>
+//! wormvault-day <D>
+//! wormvault-prev <hex SHA-256 of the anchor of D-1, or "none" for the first anchor>
+//!
+//! — <key name> <base64 key id ‖ Ed25519 signature>
+//! ```
+//!
+//! stored sealed at `anchors/dt=D/anchor.note`, create-only: of several daemons anchoring
+//! the same day one write wins and the others read and check the winner's. Anchors run in day
+//! order from the first day with manifests, one per day, each chained to the one before.
+//!
+//! **Closing a day.** Once D is anchored, nothing more may be written under `dt=D`: events
+//! that occur on a closed day are *late* and go to the segments of the current day, keeping
+//! their `occurred_at` ([`crate::batch::DayGate`]).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+
+use crate::layout::Layout;
+use crate::merkle::{self, Hash};
+use crate::note::{NoteError, SignerKey, VerifierKey};
+use crate::retention::RetentionPolicy;
+use crate::store::{PutRequest, StoreError, WormStore};
+use crate::timestamp::{Day, Timestamp};
+
+/// The content type of anchors.
+pub const NOTE_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+
+/// The text of an anchor (what is signed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnchorBody {
+    pub origin: String,
+    pub day: Day,
+    /// The number of manifests (leaves).
+    pub size: u64,
+    pub root: Hash,
+    /// SHA-256 of the stored anchor of the previous day; `None` for the first anchor.
+    pub prev: Option<Hash>,
+}
+
+impl AnchorBody {
+    pub fn to_text(&self) -> String {
+        format!(
+            "{}\n{}\n{}\nwormvault-day {}\nwormvault-prev {}\n",
+            self.origin,
+            self.size,
+            B64.encode(self.root),
+            self.day,
+            self.prev.map_or("none".into(), hex::encode)
+        )
+    }
+
+    pub fn parse(text: &str) -> Result<AnchorBody, String> {
+        let lines: Vec<&str> = text
+            .strip_suffix('\n')
+            .ok_or("no final newline")?
+            .split('\n')
+            .collect();
+        let [origin, size, root, day, prev] = lines[..] else {
+            return Err(format!("{} lines where an anchor has 5", lines.len()));
+        };
+        if origin.is_empty() {
+            return Err("empty origin".into());
+        }
+        let size: u64 = size
+            .parse()
+            .ok()
+            .filter(|_| size == "0" || !size.starts_with('0'))
+            .ok_or_else(|| format!("tree size {size:?} is not a decimal number"))?;
+        let root: Hash = B64
+            .decode(root)
+            .ok()
+            .and_then(|r| r.try_into().ok())
+            .ok_or_else(|| format!("root {root:?} is not 32 bytes of base64"))?;
+        let day = day
+            .strip_prefix("wormvault-day ")
+            .and_then(Day::parse)
+            .ok_or_else(|| format!("bad day line {day:?}"))?;
+        let prev = match prev.strip_prefix("wormvault-prev ") {
+            Some("none") => None,
+            Some(h) => {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(h, &mut out)
+                    .map_err(|_| format!("bad previous anchor hash {h:?}"))?;
+                if h.bytes().any(|b| b.is_ascii_uppercase()) {
+                    return Err("hashes are lower-case hex".into());
+                }
+                Some(out)
+            }
+            None => return Err(format!("bad prev line {prev:?}")),
+        };
+        let body = AnchorBody {
+            origin: origin.to_owned(),
+            day,
+            size,
+            root,
+            prev,
+        };
+        if body.to_text() != text {
+            return Err("not in canonical form".into());
+        }
+        Ok(body)
+    }
+}
+
+/// One day's manifests, as the daily root sees them: keys in order and stored bytes.
+pub struct DayManifests {
+    pub day: Day,
+    pub manifests: Vec<(String, Bytes)>,
+}
+
+impl DayManifests {
+    /// Reads every current manifest under `manifests/dt=D/`, in key order.
+    pub async fn read(
+        store: &Arc<dyn WormStore>,
+        layout: &Layout,
+        day: Day,
+    ) -> Result<DayManifests, StoreError> {
+        let keys: Vec<String> = store
+            .list(&layout.manifests_of_day(day))
+            .await?
+            .into_iter()
+            .map(|e| e.key)
+            .filter(|k| k.ends_with(".json"))
+            .collect();
+        let mut manifests = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(16) {
+            let mut set = tokio::task::JoinSet::new();
+            for (i, key) in chunk.iter().enumerate() {
+                let (store, key) = (store.clone(), key.clone());
+                set.spawn(async move { (i, store.get(&key, None).await.map(|b| (key, b))) });
+            }
+            let mut got = vec![None; chunk.len()];
+            while let Some(done) = set.join_next().await {
+                let (i, r) = done.expect("manifest read task");
+                got[i] = Some(r?);
+            }
+            manifests.extend(got.into_iter().map(|g| g.expect("every read joined")));
+        }
+        Ok(DayManifests { day, manifests })
+    }
+
+    pub fn leaves(&self) -> Vec<Hash> {
+        self.manifests
+            .iter()
+            .map(|(_, b)| merkle::leaf_hash(b))
+            .collect()
+    }
+
+    pub fn root(&self) -> Hash {
+        merkle::root(&self.leaves())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnchorError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{day} is not over yet (UTC); a day is anchored after its midnight")]
+    NotOver { day: Day },
+    #[error(
+        "{day} comes before the first anchored day {first}; the anchor chain only grows forward"
+    )]
+    BeforeFirst { day: Day, first: Day },
+    #[error("the stored anchor {key} is not valid: {problem}")]
+    Invalid { key: String, problem: String },
+    #[error("the mirror holds a different {key}; the mirror is not changed")]
+    MirrorDiffers { key: String },
+}
+
+/// Another store that receives a copy of every anchor (17a-4 redundancy).
+#[derive(Clone)]
+pub struct Mirror {
+    pub store: Arc<dyn WormStore>,
+    pub layout: Layout,
+}
+
+/// What anchoring a day did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Anchored {
+    pub day: Day,
+    pub key: String,
+    pub sha256: Hash,
+    pub size: u64,
+    pub root: Hash,
+    /// False when another writer had anchored the day already.
+    pub created: bool,
+}
+
+/// Makes and reads anchors.
+#[derive(Clone)]
+pub struct Anchorer {
+    pub store: Arc<dyn WormStore>,
+    pub layout: Layout,
+    pub retention: Arc<RetentionPolicy>,
+    pub signer: Arc<SignerKey>,
+    /// Keys whose anchors are accepted (the signer's own is always among them).
+    pub keys: Vec<VerifierKey>,
+    pub origin: String,
+    pub mirror: Option<Mirror>,
+}
+
+/// The days that have an anchor in `store`, in order.
+pub async fn anchored_days(
+    store: &Arc<dyn WormStore>,
+    layout: &Layout,
+) -> Result<BTreeSet<Day>, StoreError> {
+    Ok(store
+        .list_dirs(&layout.anchors_prefix())
+        .await?
+        .iter()
+        .filter_map(|d| Layout::day_of_dir(d))
+        .collect())
+}
+
+/// An anchor read from a store and checked: its stored bytes, its body, and who signed it.
+#[derive(Clone, Debug)]
+pub struct StoredAnchor {
+    pub key: String,
+    pub bytes: Bytes,
+    pub body: AnchorBody,
+    pub signed_by: (String, [u8; 4]),
+}
+
+/// Why a stored anchor is not acceptable.
+#[derive(Debug, thiserror::Error)]
+pub enum AnchorProblem {
+    #[error("not UTF-8")]
+    NotText,
+    #[error(transparent)]
+    Note(#[from] NoteError),
+    #[error("{0}")]
+    Body(String),
+}
+
+/// Opens an anchor's bytes with `keys`.
+pub fn open_anchor(
+    key: &str,
+    bytes: Bytes,
+    keys: &[VerifierKey],
+) -> Result<StoredAnchor, AnchorProblem> {
+    let text = std::str::from_utf8(&bytes).map_err(|_| AnchorProblem::NotText)?;
+    let opened = crate::note::open(text, keys)?;
+    let body = AnchorBody::parse(&opened.text).map_err(AnchorProblem::Body)?;
+    Ok(StoredAnchor {
+        key: key.to_owned(),
+        body,
+        signed_by: opened.signed_by,
+        bytes,
+    })
+}
+
+/// Reads and checks the anchor of `day` with `keys`; `None` if there is none.
+pub async fn read_anchor(
+    store: &Arc<dyn WormStore>,
+    layout: &Layout,
+    day: Day,
+    keys: &[VerifierKey],
+) -> Result<Option<StoredAnchor>, AnchorError> {
+    let key = layout.anchor(day);
+    let bytes = match store.get(&key, None).await {
+        Ok(b) => b,
+        Err(StoreError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let a = open_anchor(&key, bytes, keys).map_err(|p| AnchorError::Invalid {
+        key: key.clone(),
+        problem: p.to_string(),
+    })?;
+    if a.body.day != day {
+        return Err(AnchorError::Invalid {
+            key,
+            problem: format!("it names day {}", a.body.day),
+        });
+    }
+    Ok(Some(a))
+}
+
+impl Anchorer {
+    /// The anchorer the settings describe (`None` when `[anchor]` is absent); opens the mirror.
+    pub async fn from_settings(
+        settings: &crate::config::Settings,
+        store: Arc<dyn WormStore>,
+    ) -> Result<Option<Anchorer>, String> {
+        let Some(a) = &settings.anchor else {
+            return Ok(None);
+        };
+        let signer = a.load_signer()?;
+        let mirror = match &a.mirror {
+            None => None,
+            Some((s, layout)) => Some(Mirror {
+                store: crate::archive::open_store_at(s)
+                    .await
+                    .map_err(|e| format!("anchor.mirror: {e}"))?,
+                layout: layout.clone(),
+            }),
+        };
+        Ok(Some(Anchorer {
+            store,
+            layout: settings.layout.clone(),
+            retention: settings.retention.clone(),
+            keys: a.accepted_keys(),
+            origin: a.origin.clone().unwrap_or_else(|| signer.name.clone()),
+            signer: Arc::new(signer),
+            mirror,
+        }))
+    }
+
+    /// Reads and checks the anchor of `day`; `None` if there is none.
+    pub async fn read(&self, day: Day) -> Result<Option<StoredAnchor>, AnchorError> {
+        read_anchor(&self.store, &self.layout, day, &self.keys).await
+    }
+
+    /// Anchors every day not yet anchored up to and including `day`, in order: from the day
+    /// after the last anchor, or, for the first anchor, from the first day with manifests.
+    pub async fn anchor_through(&self, day: Day) -> Result<Vec<Anchored>, AnchorError> {
+        if day >= Timestamp::now().day() {
+            return Err(AnchorError::NotOver { day });
+        }
+        let anchored = anchored_days(&self.store, &self.layout).await?;
+        let (start, mut prev) = match anchored.last() {
+            Some(&last) if day <= last => {
+                if let Some(&first) = anchored.first()
+                    && day < first
+                {
+                    return Err(AnchorError::BeforeFirst { day, first });
+                }
+                let a = self.read(day).await?.ok_or(AnchorError::Invalid {
+                    key: self.layout.anchor(day),
+                    problem: "missing inside the chain (a sweep reports it)".into(),
+                })?;
+                return Ok(vec![Anchored {
+                    day,
+                    key: a.key,
+                    sha256: merkle::sha256(&a.bytes),
+                    size: a.body.size,
+                    root: a.body.root,
+                    created: false,
+                }]);
+            }
+            Some(&last) => {
+                let a = self.read(last).await?.ok_or(AnchorError::Invalid {
+                    key: self.layout.anchor(last),
+                    problem: "listed but not readable".into(),
+                })?;
+                (last.next(), Some(merkle::sha256(&a.bytes)))
+            }
+            None => {
+                let first = self
+                    .store
+                    .list_dirs(&self.layout.manifests_prefix())
+                    .await?
+                    .iter()
+                    .filter_map(|d| Layout::day_of_dir(d))
+                    .next()
+                    .map_or(day, |f| f.min(day));
+                (first, None)
+            }
+        };
+        let mut out = Vec::new();
+        let mut d = start;
+        while d <= day {
+            let a = self.anchor_day(d, prev).await?;
+            prev = Some(a.sha256);
+            out.push(a);
+            d = d.next();
+        }
+        Ok(out)
+    }
+
+    /// Computes, signs and stores the anchor of `day` (create-only), then mirrors it.
+    async fn anchor_day(&self, day: Day, prev: Option<Hash>) -> Result<Anchored, AnchorError> {
+        let manifests = DayManifests::read(&self.store, &self.layout, day).await?;
+        let body = AnchorBody {
+            origin: self.origin.clone(),
+            day,
+            size: manifests.manifests.len() as u64,
+            root: manifests.root(),
+            prev,
+        };
+        let note = self.signer.sign(&body.to_text());
+        let key = self.layout.anchor(day);
+        // Kept as long as any record of the day can be: the longest class, from the day's end.
+        let until = self
+            .retention
+            .longest_from(day.next().start())
+            .ceil_to_second();
+        let req = PutRequest::new(
+            key.clone(),
+            Bytes::from(note.into_bytes()),
+            until,
+            NOTE_CONTENT_TYPE,
+        );
+        let (bytes, body, created) = match self.store.put_sealed(&req).await {
+            Ok(_) => (req.body.clone(), body, true),
+            Err(StoreError::AlreadyExists { .. }) => {
+                // Another writer anchored the day first: theirs stands, if it is valid.
+                let a = self.read(day).await?.ok_or(AnchorError::Invalid {
+                    key: key.clone(),
+                    problem: "exists but cannot be read".into(),
+                })?;
+                tracing::info!(day = %day, key = %key, signed_by = %a.signed_by.0, "The day was already anchored by another writer.");
+                (a.bytes, a.body, false)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(m) = &self.mirror {
+            let mreq = PutRequest::new(
+                m.layout.anchor(day),
+                bytes.clone(),
+                until,
+                NOTE_CONTENT_TYPE,
+            );
+            match crate::store::put_or_confirm(m.store.as_ref(), &mreq, false).await {
+                Ok(_) => {}
+                Err(StoreError::Conflict { key }) => {
+                    return Err(AnchorError::MirrorDiffers { key });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if created {
+            tracing::info!(day = %day, key = %key, manifests = body.size, root = %hex::encode(body.root), "Anchored the day.");
+        }
+        Ok(Anchored {
+            day,
+            key,
+            sha256: merkle::sha256(&bytes),
+            size: body.size,
+            root: body.root,
+            created,
+        })
+    }
+}
+
+/// The daemon's anchoring loop. Every minute it learns which days are anchored (by any
+/// writer) and closes them in `gate`, so late events go to the current day; with an
+/// `anchorer` it also anchors, once `delay` has passed after each UTC midnight, every day up
+/// to yesterday. Runs until `stop` is cancelled.
+pub async fn run_scheduled(
+    store: Arc<dyn WormStore>,
+    layout: Layout,
+    anchorer: Option<Anchorer>,
+    delay: std::time::Duration,
+    gate: crate::batch::DayGate,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let delay_micros = delay.as_micros() as i64;
+    loop {
+        // The last day whose anchoring time has come.
+        let due = Timestamp::now().plus_micros(-delay_micros).day().prev();
+        match anchored_days(&store, &layout).await {
+            Ok(days) => {
+                if let Some(&last) = days.last() {
+                    gate.close_through(last);
+                }
+                if let Some(anchorer) = &anchorer
+                    && days.last().is_none_or(|&l| l < due)
+                {
+                    match anchorer.anchor_through(due).await {
+                        Ok(done) => {
+                            if let Some(a) = done.last() {
+                                gate.close_through(a.day);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, day = %due, "Anchoring failed; retrying in a minute.")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "Could not list anchors; retrying in a minute."),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anchor_bodies_round_trip_and_refuse_variants() {
+        let body = AnchorBody {
+            origin: "archive.example.com/wormvault".into(),
+            day: Day::parse("2026-11-20").unwrap(),
+            size: 3,
+            root: merkle::sha256(b"x"),
+            prev: Some(merkle::sha256(b"y")),
+        };
+        let text = body.to_text();
+        assert_eq!(AnchorBody::parse(&text).unwrap(), body);
+        assert!(text.starts_with("archive.example.com/wormvault\n3\n"));
+        let first = AnchorBody {
+            prev: None,
+            ..body.clone()
+        };
+        assert!(first.to_text().ends_with("wormvault-prev none\n"));
+        assert_eq!(AnchorBody::parse(&first.to_text()).unwrap(), first);
+        for bad in [
+            text.replace("\n3\n", "\n03\n"),
+            text.replace("wormvault-day", "day"),
+            text.trim_end().to_owned(),
+            format!("{text}extra\n"),
+            text.replace(
+                &hex::encode(merkle::sha256(b"y")),
+                &hex::encode(merkle::sha256(b"y")).to_uppercase(),
+            ),
+        ] {
+            assert!(AnchorBody::parse(&bad).is_err(), "{bad:?}");
+        }
+    }
+}
