@@ -41,6 +41,8 @@ use crate::timestamp::{Day, Timestamp};
 
 /// The content type of anchors.
 pub const NOTE_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+/// The content type of RFC 3161 time-stamp responses.
+pub const TOKEN_CONTENT_TYPE: &str = "application/timestamp-reply";
 
 /// The text of an anchor (what is signed).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -182,6 +184,8 @@ pub enum AnchorError {
     Invalid { key: String, problem: String },
     #[error("the mirror holds a different {key}; the mirror is not changed")]
     MirrorDiffers { key: String },
+    #[error("time-stamping {key}: {problem}")]
+    Timestamp { key: String, problem: String },
 }
 
 /// Another store that receives a copy of every anchor (17a-4 redundancy).
@@ -214,6 +218,8 @@ pub struct Anchorer {
     pub keys: Vec<VerifierKey>,
     pub origin: String,
     pub mirror: Option<Mirror>,
+    /// An RFC 3161 time-stamp authority: its URL and certificate (DER).
+    pub tsa: Option<(String, Vec<u8>)>,
 }
 
 /// The days that have an anchor in `store`, in order.
@@ -319,6 +325,7 @@ impl Anchorer {
             origin: a.origin.clone().unwrap_or_else(|| signer.name.clone()),
             signer: Arc::new(signer),
             mirror,
+            tsa: a.tsa.clone(),
         }))
     }
 
@@ -345,6 +352,8 @@ impl Anchorer {
                     key: self.layout.anchor(day),
                     problem: "missing inside the chain (a sweep reports it)".into(),
                 })?;
+                self.ensure_timestamp(day, &a.bytes, self.until(day))
+                    .await?;
                 return Ok(vec![Anchored {
                     day,
                     key: a.key,
@@ -396,11 +405,7 @@ impl Anchorer {
         };
         let note = self.signer.sign(&body.to_text());
         let key = self.layout.anchor(day);
-        // Kept as long as any record of the day can be: the longest class, from the day's end.
-        let until = self
-            .retention
-            .longest_from(day.next().start())
-            .ceil_to_second();
+        let until = self.until(day);
         let req = PutRequest::new(
             key.clone(),
             Bytes::from(note.into_bytes()),
@@ -420,24 +425,17 @@ impl Anchorer {
             }
             Err(e) => return Err(e.into()),
         };
-        if let Some(m) = &self.mirror {
-            let mreq = PutRequest::new(
-                m.layout.anchor(day),
-                bytes.clone(),
-                until,
-                NOTE_CONTENT_TYPE,
-            );
-            match crate::store::put_or_confirm(m.store.as_ref(), &mreq, false).await {
-                Ok(_) => {}
-                Err(StoreError::Conflict { key }) => {
-                    return Err(AnchorError::MirrorDiffers { key });
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        self.mirror_copy(
+            m_key(&self.mirror, |l| l.anchor(day)),
+            &bytes,
+            until,
+            NOTE_CONTENT_TYPE,
+        )
+        .await?;
         if created {
             tracing::info!(day = %day, key = %key, manifests = body.size, root = %hex::encode(body.root), "Anchored the day.");
         }
+        self.ensure_timestamp(day, &bytes, until).await?;
         Ok(Anchored {
             day,
             key,
@@ -447,6 +445,84 @@ impl Anchorer {
             created,
         })
     }
+}
+
+impl Anchorer {
+    /// How long the anchor of `day` and its token are locked: as long as any record of the
+    /// day can be kept (the longest class, from the day's end).
+    pub fn until(&self, day: Day) -> Timestamp {
+        self.retention
+            .longest_from(day.next().start())
+            .ceil_to_second()
+    }
+
+    /// Writes `bytes` to the mirror at `key` (if there is a mirror); identical bytes already
+    /// there are fine, different ones are an error.
+    async fn mirror_copy(
+        &self,
+        key: Option<String>,
+        bytes: &Bytes,
+        until: Timestamp,
+        content_type: &'static str,
+    ) -> Result<(), AnchorError> {
+        let (Some(m), Some(key)) = (&self.mirror, key) else {
+            return Ok(());
+        };
+        let req = PutRequest::new(key, bytes.clone(), until, content_type);
+        match crate::store::put_or_confirm(m.store.as_ref(), &req, false).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::Conflict { key }) => Err(AnchorError::MirrorDiffers { key }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Has the TSA stamp the anchor of `day` unless a token is already stored (and mirrors
+    /// the token). Without a TSA configured, does nothing.
+    pub async fn ensure_timestamp(
+        &self,
+        day: Day,
+        anchor: &Bytes,
+        until: Timestamp,
+    ) -> Result<(), AnchorError> {
+        let Some((url, cert)) = &self.tsa else {
+            return Ok(());
+        };
+        let key = self.layout.anchor_timestamp(day);
+        match self.store.head(&key, None).await {
+            Ok(_) => return Ok(()),
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let (token, stamp) = crate::tsa::stamp(url, &merkle::sha256(anchor), cert)
+            .await
+            .map_err(|problem| AnchorError::Timestamp {
+                key: key.clone(),
+                problem,
+            })?;
+        let req = PutRequest::new(key.clone(), token, until, TOKEN_CONTENT_TYPE);
+        match self.store.put_sealed(&req).await {
+            // Another writer stamped it first; theirs stands.
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if self.mirror.is_some() {
+            let stored = self.store.get(&key, None).await?;
+            self.mirror_copy(
+                m_key(&self.mirror, |l| l.anchor_timestamp(day)),
+                &stored,
+                until,
+                TOKEN_CONTENT_TYPE,
+            )
+            .await?;
+        }
+        tracing::info!(day = %day, key = %key, gen_time = %stamp.gen_time, "Time-stamped the anchor.");
+        Ok(())
+    }
+}
+
+/// The mirror's key for an object, built with the mirror's own layout.
+fn m_key(mirror: &Option<Mirror>, key: impl Fn(&Layout) -> String) -> Option<String> {
+    mirror.as_ref().map(|m| key(&m.layout))
 }
 
 /// The daemon's anchoring loop. Every minute it learns which days are anchored (by any
@@ -469,6 +545,26 @@ pub async fn run_scheduled(
             Ok(days) => {
                 if let Some(&last) = days.last() {
                     gate.close_through(last);
+                }
+                if let Some(anchorer) = &anchorer
+                    && anchorer.tsa.is_some()
+                {
+                    // Tokens the TSA could not give at anchoring time, for the last week.
+                    for &d in days.iter().rev().take(7) {
+                        let stamped = match anchorer.read(d).await {
+                            Ok(Some(a)) => {
+                                anchorer
+                                    .ensure_timestamp(d, &a.bytes, anchorer.until(d))
+                                    .await
+                            }
+                            Ok(None) => Ok(()),
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = stamped {
+                            tracing::error!(error = %e, day = %d, "Time-stamping an anchor failed; retrying in a minute.");
+                            break;
+                        }
+                    }
                 }
                 if let Some(anchorer) = &anchorer
                     && days.last().is_none_or(|&l| l < due)

@@ -80,6 +80,12 @@ pub struct AnchorConfig {
     /// as late events in the current day. Must be shorter than `delay` minus `batch.max_age`.
     /// Default: 10 min.
     pub close_after: Option<String>,
+    /// An RFC 3161 time-stamp authority (URL) that stamps every anchor; the token is stored
+    /// beside it as `anchor.tsr`.
+    pub tsa_url: Option<String>,
+    /// The TSA's certificate (PEM file), against which tokens are checked. Required with
+    /// `tsa_url`.
+    pub tsa_certificate: Option<PathBuf>,
     /// A second store that receives a copy of every anchor (another bucket, region or
     /// endpoint), with the same keys as `[store]`.
     pub mirror: Option<StoreConfig>,
@@ -416,6 +422,8 @@ pub struct AnchorSettings {
     pub origin: Option<String>,
     pub delay: Duration,
     pub close_after: Duration,
+    /// The TSA's URL and its certificate (DER).
+    pub tsa: Option<(String, Vec<u8>)>,
     pub mirror: Option<(StoreSettings, Layout)>,
 }
 
@@ -836,12 +844,35 @@ impl Settings {
                             .into(),
                     ));
                 }
+                let tsa = match (a.tsa_url, a.tsa_certificate) {
+                    (None, None) => None,
+                    (Some(url), Some(cert)) => {
+                        if !(url.starts_with("http://") || url.starts_with("https://")) {
+                            return Err(err(format!(
+                                "anchor.tsa_url {url:?} must be an http:// or https:// URL"
+                            )));
+                        }
+                        let der = std::fs::read_to_string(&cert)
+                            .map_err(|e| e.to_string())
+                            .and_then(|pem| crate::tsa::pem_certificate(&pem))
+                            .map_err(|m| {
+                                err(format!("anchor.tsa_certificate {}: {m}", cert.display()))
+                            })?;
+                        Some((url, der))
+                    }
+                    _ => {
+                        return Err(err(
+                            "anchor.tsa_url and anchor.tsa_certificate go together".into()
+                        ));
+                    }
+                };
                 Some(AnchorSettings {
                     signing_key: a.signing_key,
                     keys,
                     origin: a.origin,
                     delay,
                     close_after,
+                    tsa,
                     mirror,
                 })
             }
@@ -976,6 +1007,30 @@ impl Settings {
                 .as_ref()
                 .map_or(String::new(), |w| format!(" | findings to {w}"))
         );
+        match &self.anchor {
+            None => {
+                let _ = writeln!(s, "anchor           off (no [anchor] section)");
+            }
+            Some(a) => {
+                let _ = writeln!(
+                    s,
+                    "anchor           {} | {} accepted keys | after midnight +{} | days close at +{}{}{}",
+                    a.signing_key.as_ref().map_or(
+                        "no signing key: checks only".into(),
+                        |p| format!("signs with {}", p.display())
+                    ),
+                    a.keys.len(),
+                    format_duration(a.delay),
+                    format_duration(a.close_after),
+                    a.tsa
+                        .as_ref()
+                        .map_or(String::new(), |(u, _)| format!(" | time-stamped by {u}")),
+                    a.mirror
+                        .as_ref()
+                        .map_or(String::new(), |_| " | mirrored".into()),
+                );
+            }
+        }
         if v.tokens.is_empty() {
             let _ = writeln!(
                 s,

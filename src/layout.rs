@@ -5,6 +5,7 @@
 //! {prefix}manifests/dt=YYYY-MM-DD/{writer}-{batch_idx:012}.json     the sealed record of it
 //! {prefix}sweeps/dt=YYYY-MM-DD/{sweep_id}.json and .txt                a sweep report (run day)
 //! {prefix}anchors/dt=YYYY-MM-DD/anchor.note                          the day's signed daily root
+//! {prefix}anchors/dt=YYYY-MM-DD/anchor.tsr                           its RFC 3161 token
 //! ```
 //!
 //! `dt=` is the UTC day of the events' `occurred_at` (Hive partitioning, so DuckDB, Athena,
@@ -147,6 +148,11 @@ impl Layout {
     /// The signed daily root of `day`: `{prefix}anchors/dt=YYYY-MM-DD/anchor.note`.
     pub fn anchor(&self, day: Day) -> String {
         format!("{}{ANCHORS}dt={day}/anchor.note", self.prefix)
+    }
+
+    /// The RFC 3161 time-stamp token of `day`'s anchor: `…/anchors/dt=YYYY-MM-DD/anchor.tsr`.
+    pub fn anchor_timestamp(&self, day: Day) -> String {
+        format!("{}{ANCHORS}dt={day}/anchor.tsr", self.prefix)
     }
 
     /// The day of a `…/dt=YYYY-MM-DD/` directory prefix returned by a listing.

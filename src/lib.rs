@@ -55,4 +55,5 @@ pub mod store;
 pub mod sweep;
 pub mod telemetry;
 pub mod timestamp;
+pub mod tsa;
 pub mod upload;

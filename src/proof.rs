@@ -143,13 +143,11 @@ pub fn verify(bundle: &ProofBundle, pinned: &[VerifierKey]) -> Result<Proven, St
             manifest.info.day
         ));
     }
-    let layout_suffix = format!(
-        "manifests/dt={day}/{}-{:012}.json",
-        manifest.info.writer, manifest.info.batch_idx
-    );
-    let anchor_suffix = format!("anchors/dt={day}/anchor.note");
-    if !bundle.manifest_key.ends_with(&layout_suffix)
-        || !bundle.anchor_key.ends_with(&anchor_suffix)
+    // The keys, as the layout builds them under any prefix.
+    let bare = Layout::new("");
+    let manifest_suffix = bare.manifest(day, &manifest.info.writer, manifest.info.batch_idx);
+    if !bundle.manifest_key.ends_with(&manifest_suffix)
+        || !bundle.anchor_key.ends_with(&bare.anchor(day))
     {
         return Err("the keys in the bundle do not match the manifest and the anchor".into());
     }

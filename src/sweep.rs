@@ -108,12 +108,14 @@ pub enum FindingClass {
     AnchorChainBroken,
     /// The mirror's copy of an anchor is missing or differs.
     AnchorMirrorMismatch,
+    /// An anchor's RFC 3161 token is missing (after the first token) or does not verify.
+    AnchorTimestampInvalid,
     /// A legal hold is on (recorded, not a problem).
     LegalHold,
 }
 
 impl FindingClass {
-    pub const ALL: [FindingClass; 27] = [
+    pub const ALL: [FindingClass; 28] = [
         FindingClass::ObjectMissing,
         FindingClass::DeleteMarker,
         FindingClass::ExtraVersion,
@@ -140,6 +142,7 @@ impl FindingClass {
         FindingClass::AnchorRootMismatch,
         FindingClass::AnchorChainBroken,
         FindingClass::AnchorMirrorMismatch,
+        FindingClass::AnchorTimestampInvalid,
         FindingClass::LegalHold,
     ];
 
@@ -171,6 +174,7 @@ impl FindingClass {
             FindingClass::AnchorRootMismatch => "anchor_root_mismatch",
             FindingClass::AnchorChainBroken => "anchor_chain_broken",
             FindingClass::AnchorMirrorMismatch => "anchor_mirror_mismatch",
+            FindingClass::AnchorTimestampInvalid => "anchor_timestamp_invalid",
             FindingClass::LegalHold => "legal_hold",
         }
     }
@@ -849,6 +853,8 @@ pub struct Sweeper {
 pub struct AnchorCheck {
     pub keys: Vec<crate::note::VerifierKey>,
     pub mirror: Option<crate::anchor::Mirror>,
+    /// The TSA certificate (DER) that time-stamp tokens are checked against.
+    pub tsa_certificate: Option<Vec<u8>>,
 }
 
 impl Sweeper {
@@ -861,6 +867,7 @@ impl Sweeper {
             None => None,
             Some(a) => Some(AnchorCheck {
                 keys: a.accepted_keys(),
+                tsa_certificate: a.tsa.as_ref().map(|(_, cert)| cert.clone()),
                 mirror: match &a.mirror {
                     None => None,
                     Some((s, layout)) => Some(crate::anchor::Mirror {
@@ -911,9 +918,11 @@ impl Sweeper {
             None => opts.from.is_none_or(|f| d >= f) && opts.to.is_none_or(|t| d <= t),
         };
         let mut d = first;
+        let mut stamped = false;
         while d <= last {
             if wanted(d) {
-                self.check_anchor(d, first, check, findings).await?;
+                self.check_anchor(d, first, check, &mut stamped, findings)
+                    .await?;
             }
             d = d.next();
         }
@@ -925,6 +934,7 @@ impl Sweeper {
         day: Day,
         first: Day,
         check: &AnchorCheck,
+        stamped: &mut bool,
         findings: &mut Vec<Finding>,
     ) -> Result<(), StoreError> {
         let key = self.layout.anchor(day);
@@ -1014,6 +1024,30 @@ impl Sweeper {
                 )
                 .expected_found(show(expected_prev), show(anchor.body.prev)),
             );
+        }
+        if let Some(cert) = &check.tsa_certificate {
+            let tkey = self.layout.anchor_timestamp(day);
+            match self.store.get(&tkey, None).await {
+                Ok(token) => {
+                    *stamped = true;
+                    if let Err(e) = crate::tsa::verify(&token, &merkle::sha256(&bytes), None, cert)
+                    {
+                        findings.push(Finding::new(
+                            FindingClass::AnchorTimestampInvalid,
+                            &tkey,
+                            format!("the time-stamp token does not hold for the anchor: {e}"),
+                        ));
+                    }
+                }
+                // Days anchored before time-stamping was configured have no token.
+                Err(StoreError::NotFound { .. }) if !*stamped => {}
+                Err(StoreError::NotFound { .. }) => findings.push(Finding::new(
+                    FindingClass::AnchorTimestampInvalid,
+                    &tkey,
+                    "the anchor has no time-stamp token, though earlier anchors have",
+                )),
+                Err(e) => return Err(e),
+            }
         }
         if let Some(m) = &check.mirror {
             let mkey = m.layout.anchor(day);

@@ -570,3 +570,104 @@ fn a_mirror_receives_identical_anchors_and_a_divergent_copy_is_a_finding(backend
     let _: Arc<dyn WormStore> = m.store;
 }
 both!(a_mirror_receives_identical_anchors_and_a_divergent_copy_is_a_finding);
+
+/// The local time-stamp authority of `tests/py/tsa.py`, killed when dropped.
+struct LocalTsa {
+    child: std::process::Child,
+    url: String,
+    certificate: PathBuf,
+}
+
+impl LocalTsa {
+    fn start(dir: &std::path::Path) -> LocalTsa {
+        use std::io::BufRead;
+        let py = std::env::var("WORMVAULT_TEST_PYTHON")
+            .expect("WORMVAULT_TEST_PYTHON is not set: run the suite with scripts/test");
+        let mut child = std::process::Command::new(py)
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/tsa.py"))
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("the local TSA did not start ({e}): {line:?}"));
+        LocalTsa {
+            child,
+            url: v["url"].as_str().unwrap().into(),
+            certificate: v["certificate"].as_str().unwrap().into(),
+        }
+    }
+}
+
+impl Drop for LocalTsa {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn anchors_are_time_stamped_by_a_tsa_and_the_tokens_verify(backend: Backend) {
+    let t = Target::new(backend);
+    let tsa = LocalTsa::start(&t.dir.path().join("tsa"));
+    let (key_path, _) = keyfile(&t, "wv-tsa");
+    let tsa_toml = format!(
+        "tsa_url = {:?}\ntsa_certificate = {:?}\n",
+        tsa.url,
+        tsa.certificate.display().to_string()
+    );
+    let settings = t.settings_in(
+        "state",
+        &format!("{}{tsa_toml}", anchor_toml(&key_path, &[], "")),
+    );
+    {
+        let archive = t.open(settings.clone());
+        import_events(&t, &archive, &events_on("s", "2026-11-18", 12));
+    }
+    let a = anchorer(&t, &settings);
+    t.rt.block_on(a.anchor_through(yesterday())).unwrap();
+    let store = t.store();
+    let get = |k: &str| t.rt.block_on(store.get(k, None)).unwrap();
+    let note = get("anchors/dt=2026-11-18/anchor.note");
+    let token = get("anchors/dt=2026-11-18/anchor.tsr");
+    let cert = wormvault::tsa::pem_certificate(&std::fs::read_to_string(&tsa.certificate).unwrap())
+        .unwrap();
+    let stamp = wormvault::tsa::verify(&token, &merkle::sha256(&note), None, &cert).unwrap();
+    assert!(stamp.gen_time.ends_with('Z'), "{stamp:?}");
+    // A token for other bytes does not hold.
+    assert!(wormvault::tsa::verify(&token, &merkle::sha256(b"other"), None, &cert).is_err());
+    // Independently: OpenSSL verifies the stored token over the stored anchor.
+    std::fs::write(t.dir.path().join("anchor.note"), &note).unwrap();
+    std::fs::write(t.dir.path().join("anchor.tsr"), &token).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["ts", "-verify", "-data"])
+        .arg(t.dir.path().join("anchor.note"))
+        .arg("-in")
+        .arg(t.dir.path().join("anchor.tsr"))
+        .arg("-CAfile")
+        .arg(&tsa.certificate)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Verification: OK"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = sweep(&t, &settings);
+    assert_eq!(report.errors(), 0, "{}", report.summary());
+    // A token swapped through a side door (the next day's, validly signed but for other
+    // bytes) is a finding.
+    let other = get("anchors/dt=2026-11-19/anchor.tsr");
+    crate::sweep::overwrite(&t, "anchors/dt=2026-11-18/anchor.tsr", other.to_vec());
+    let report = sweep(&t, &settings);
+    assert_has(
+        &report,
+        FindingClass::AnchorTimestampInvalid,
+        "anchors/dt=2026-11-18/anchor.tsr",
+    );
+}
+both!(anchors_are_time_stamped_by_a_tsa_and_the_tokens_verify);

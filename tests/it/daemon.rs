@@ -150,6 +150,39 @@ impl Drop for Daemon {
     }
 }
 
+/// A new LocalStack lock bucket with a default retention, and its `[store]` TOML.
+fn shared_bucket(rt: &tokio::runtime::Runtime, prefix: &str) -> (String, String) {
+    let bucket = unique(prefix);
+    rt.block_on(create_bucket(
+        &admin_client(&s3_endpoint()),
+        &bucket,
+        BucketKind::LockWithDefault,
+    ));
+    let store = format!(
+        "[store]\nkind = \"s3\"\n[store.s3]\nbucket = {bucket:?}\nendpoint = \"{}\"\n",
+        s3_endpoint()
+    );
+    (bucket, store)
+}
+
+/// Runs `wormvault --config CONFIG ARGS` against LocalStack and asserts it succeeds.
+fn cli_succeeds(config: &Path, args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wormvault"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "wormvault {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn local_store(dir: &Path) -> String {
     format!(
         "[store.local]\npath = {:?}\n",
@@ -838,16 +871,7 @@ fn tls_is_served_when_a_certificate_is_configured() {
 #[test]
 fn daemons_sharing_a_bucket_keep_their_chains_apart() {
     let rt = runtime();
-    let bucket = unique("shared");
-    rt.block_on(create_bucket(
-        &admin_client(&s3_endpoint()),
-        &bucket,
-        BucketKind::LockWithDefault,
-    ));
-    let store = format!(
-        "[store]\nkind = \"s3\"\n[store.s3]\nbucket = {bucket:?}\nendpoint = \"{}\"\n",
-        s3_endpoint()
-    );
+    let (bucket, store) = shared_bucket(&rt, "shared");
     let tokens = Arc::new(Tokens::new());
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut a = Daemon::start(
@@ -1009,4 +1033,120 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// Two daemons sharing a bucket race to anchor the same days after start: each day gets
+/// exactly one anchor, and a late event posted afterwards lands in the current day.
+#[test]
+fn two_daemons_racing_to_anchor_leave_one_anchor_per_day() {
+    let rt = runtime();
+    let now = wormvault::timestamp::Timestamp::now();
+    // The daemons anchor yesterday once `delay` (2 min) has passed after midnight.
+    let since_midnight = now.as_micros() - now.day().start().as_micros();
+    if since_midnight < 180_000_000 {
+        std::thread::sleep(Duration::from_micros((180_000_000 - since_midnight) as u64));
+    }
+    let (bucket, store) = shared_bucket(&rt, "anchored");
+    let keys_dir = tempfile::tempdir().unwrap();
+    let key = |name: &str| {
+        let k = wormvault::note::SignerKey::generate(name).unwrap();
+        let path = keys_dir.path().join(name);
+        std::fs::write(&path, k.to_secret_string()).unwrap();
+        (path, k.verifier().to_string())
+    };
+    let ((path_a, pub_a), (path_b, pub_b)) = (key("daemon-a"), key("daemon-b"));
+    let anchor = |path: &Path| {
+        format!(
+            "[anchor]\nsigning_key = {:?}\nverification_keys = [{pub_a:?}, {pub_b:?}]\norigin = \"test/anchored\"\ndelay = \"2m\"\nclose_after = \"30s\"\n",
+            path.display().to_string()
+        )
+    };
+    // Records from before anchoring was turned on, imported on their own day.
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let import_config = da.path().join("import.toml");
+    std::fs::write(
+        &import_config,
+        format!(
+            "state_dir = {:?}\nwriter_id = \"backfill\"\n{store}",
+            da.path().join("import-state").display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::write(da.path().join("old.ndjson"), ndjson(&events("old", 20))).unwrap();
+    let old = da.path().join("old.ndjson");
+    cli_succeeds(&import_config, &["archive", old.to_str().unwrap()]);
+
+    let tokens = Arc::new(Tokens::new());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        for (dir, writer, path) in [
+            (da.path(), "ingest-a", &path_a),
+            (db.path(), "ingest-b", &path_b),
+        ] {
+            let (tokens, store, tx) = (tokens.clone(), store.clone(), tx.clone());
+            let extra = format!("writer_id = \"{writer}\"\n{}", anchor(path));
+            s.spawn(move || tx.send(Daemon::start(dir, &store, &extra, tokens)).unwrap());
+        }
+    });
+    let mut daemons: Vec<Daemon> = rx.try_iter().collect();
+    assert_eq!(daemons.len(), 2);
+    let admin = admin_client(&s3_endpoint());
+    let yesterday = now.day().prev();
+    let anchor_versions = |day: wormvault::timestamp::Day| {
+        rt.block_on(
+            admin
+                .list_object_versions()
+                .bucket(&bucket)
+                .prefix(format!("anchors/dt={day}/anchor.note"))
+                .send(),
+        )
+        .unwrap()
+        .versions()
+        .len()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while anchor_versions(yesterday) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no anchor:\n{}{}",
+            daemons[0].logs(),
+            daemons[1].logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut day = wormvault::timestamp::Day::parse("2026-11-20").unwrap();
+    while day <= yesterday {
+        assert_eq!(anchor_versions(day), 1, "one anchor for {day}");
+        day = day.next();
+    }
+    // A late event: its day is anchored, so it goes to today's segments.
+    let late = event("late-1", "2026-11-20T11:00:00Z", "trade.new", "T-late");
+    let c = daemons[1].client();
+    let r = rt
+        .block_on(c.post_events(&tokens.ingest, ndjson(&[late])))
+        .unwrap();
+    assert_eq!(r.json()["accepted"], 1, "{}", r.json());
+    assert_eq!(
+        rt.block_on(c.flush(&tokens.admin)).unwrap().json()["uploaded"],
+        true
+    );
+    let listed = rt
+        .block_on(
+            admin
+                .list_objects_v2()
+                .bucket(&bucket)
+                .prefix(format!("manifests/dt={}/ingest-b-", now.day()))
+                .send(),
+        )
+        .unwrap();
+    assert_eq!(
+        listed.contents().len(),
+        1,
+        "the late event is in today's batch"
+    );
+    for d in &mut daemons {
+        assert_eq!(d.term(), Some(0));
+    }
+    // The whole archive, anchors included, sweeps clean.
+    cli_succeeds(&daemons[1].config, &["verify", "--no-report"]);
 }
