@@ -184,6 +184,8 @@ pub enum AnchorError {
     Invalid { key: String, problem: String },
     #[error("the mirror holds a different {key}; the mirror is not changed")]
     MirrorDiffers { key: String },
+    #[error("indexing {day}: {problem}")]
+    Index { day: Day, problem: String },
     #[error("time-stamping {key}: {problem}")]
     Timestamp { key: String, problem: String },
 }
@@ -436,6 +438,7 @@ impl Anchorer {
             tracing::info!(day = %day, key = %key, manifests = body.size, root = %hex::encode(body.root), "Anchored the day.");
         }
         self.ensure_timestamp(day, &bytes, until).await?;
+        self.ensure_index(day).await?;
         Ok(Anchored {
             day,
             key,
@@ -474,6 +477,14 @@ impl Anchorer {
             Err(StoreError::Conflict { key }) => Err(AnchorError::MirrorDiffers { key }),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Stores the record index of an anchored day if it is missing (docs/FORMAT.md §13).
+    pub async fn ensure_index(&self, day: Day) -> Result<(), AnchorError> {
+        crate::retrieve::ensure_index(&self.store, &self.layout, self.until(day), day)
+            .await
+            .map(|_| ())
+            .map_err(|problem| AnchorError::Index { day, problem })
     }
 
     /// Has the TSA stamp the anchor of `day` unless a token is already stored (and mirrors

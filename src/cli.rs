@@ -120,6 +120,12 @@ pub enum Command {
         #[arg(long = "key")]
         keys: Vec<String>,
     },
+    /// Record indexes (docs/FORMAT.md §13).
+    #[command(subcommand)]
+    Index(IndexCommand),
+    /// Retrieval for Responses to Inquiry.
+    #[command(subcommand)]
+    Rti(RtiCommand),
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -142,6 +148,81 @@ impl From<RoleArg> for crate::auth::Role {
             RoleArg::Compliance => crate::auth::Role::Compliance,
             RoleArg::Admin => crate::auth::Role::Admin,
         }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IndexCommand {
+    /// Build the record index of every anchored day that lacks one (or of DAY), from the
+    /// day's segments; an index already stored must come out byte for byte the same.
+    Rebuild {
+        #[arg(long)]
+        day: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RtiCommand {
+    /// Print the matching records as NDJSON, each with where it is and how to prove it.
+    Query {
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+}
+
+/// What to retrieve. Every given field must match exactly.
+#[derive(Debug, clap::Args)]
+pub struct FilterArgs {
+    #[arg(long)]
+    pub subject_type: Option<String>,
+    #[arg(long)]
+    pub subject_id: Option<String>,
+    #[arg(long)]
+    pub actor_id: Option<String>,
+    #[arg(long)]
+    pub event_id: Option<String>,
+    #[arg(long)]
+    pub action: Option<String>,
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Events that occurred at or after this instant (RFC 3339) or day (YYYY-MM-DD).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Events that occurred before this instant or day.
+    #[arg(long)]
+    pub to: Option<String>,
+}
+
+impl FilterArgs {
+    pub fn to_filter(&self) -> Result<crate::retrieve::Filter, String> {
+        let when = |s: &Option<String>,
+                    what: &str|
+         -> Result<Option<crate::timestamp::Timestamp>, String> {
+            match s {
+                None => Ok(None),
+                Some(s) => Day::parse(s)
+                    .map(|d| d.start())
+                    .or_else(|| crate::timestamp::Timestamp::parse_rfc3339(s).ok())
+                    .map(Some)
+                    .ok_or_else(|| {
+                        format!("--{what} must be a day or an RFC 3339 instant, not {s:?}")
+                    }),
+            }
+        };
+        let f = crate::retrieve::Filter {
+            subject_type: self.subject_type.clone(),
+            subject_id: self.subject_id.clone(),
+            actor_id: self.actor_id.clone(),
+            event_id: self.event_id.clone(),
+            action: self.action.clone(),
+            source: self.source.clone(),
+            from: when(&self.from, "from")?,
+            to: when(&self.to, "to")?,
+        };
+        if f.is_unbounded() {
+            return Err("name at least one of --subject-type, --subject-id, --actor-id, --event-id, --action, --source".into());
+        }
+        Ok(f)
     }
 }
 
@@ -273,6 +354,18 @@ pub fn run(cli: Cli) -> ExitCode {
             prove_cmd(settings, &event_id, day, out)
         }
         Command::VerifyProof { file, keys } => verify_proof_cmd(&file, &keys),
+        Command::Index(IndexCommand::Rebuild { day }) => {
+            let Ok(settings) = load_settings(cli.config.as_deref()) else {
+                return ExitCode::from(2);
+            };
+            index_rebuild_cmd(settings, day)
+        }
+        Command::Rti(RtiCommand::Query { filter }) => {
+            let Ok(settings) = load_settings(cli.config.as_deref()) else {
+                return ExitCode::from(2);
+            };
+            rti_query_cmd(settings, &filter)
+        }
         Command::Verify {
             full,
             from,
@@ -656,6 +749,96 @@ fn verify_proof_cmd(file: &std::path::Path, keys: &[String]) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn index_rebuild_cmd(settings: Settings, day: Option<String>) -> ExitCode {
+    let day = match day.as_deref().map(Day::parse) {
+        None => None,
+        Some(Some(d)) => Some(d),
+        Some(None) => {
+            eprintln!("error: --day must be a day like 2026-11-20");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = runtime();
+    let result = rt.block_on(async {
+        let store = crate::archive::open_store(&settings)
+            .await
+            .map_err(|e| e.to_string())?;
+        let days: Vec<Day> = match day {
+            Some(d) => vec![d],
+            None => crate::anchor::anchored_days(&store, &settings.layout)
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .collect(),
+        };
+        for d in days {
+            let until = settings
+                .retention
+                .longest_from(d.next().start())
+                .ceil_to_second();
+            let (built, written) =
+                crate::retrieve::rebuild_index(&store, &settings.layout, until, d).await?;
+            println!(
+                "{d} {} {}: {} events in {} segments",
+                if written {
+                    "indexed"
+                } else {
+                    "index confirmed"
+                },
+                settings.layout.record_index(d),
+                built.events,
+                built.segments
+            );
+        }
+        Ok::<_, String>(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn rti_query_cmd(settings: Settings, filter: &FilterArgs) -> ExitCode {
+    let filter = match filter.to_filter() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = runtime();
+    let result = rt.block_on(async {
+        let store = crate::archive::open_store(&settings)
+            .await
+            .map_err(|e| e.to_string())?;
+        crate::retrieve::query(&store, &settings.layout, &filter).await
+    });
+    let outcome = match result {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for r in &outcome.records {
+        let _ = writeln!(out, "{}", crate::retrieve::record_line(r));
+    }
+    let _ = out.flush();
+    eprintln!(
+        "{} records; {} bytes read; {} days from their index, {} scanned",
+        outcome.records.len(),
+        outcome.bytes_read,
+        outcome.indexed_days,
+        outcome.scanned_days
+    );
+    ExitCode::SUCCESS
 }
 
 fn token_cmd(name: &str, roles: &[RoleArg]) -> ExitCode {

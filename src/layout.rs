@@ -6,6 +6,7 @@
 //! {prefix}sweeps/dt=YYYY-MM-DD/{sweep_id}.json and .txt                a sweep report (run day)
 //! {prefix}anchors/dt=YYYY-MM-DD/anchor.note                          the day's signed daily root
 //! {prefix}anchors/dt=YYYY-MM-DD/anchor.tsr                           its RFC 3161 token
+//! {prefix}index/dt=YYYY-MM-DD/records.parquet                        the day's record index
 //! ```
 //!
 //! `dt=` is the UTC day of the events' `occurred_at` (Hive partitioning, so DuckDB, Athena,
@@ -86,6 +87,7 @@ pub const SEGMENTS: &str = "segments/";
 pub const MANIFESTS: &str = "manifests/";
 pub const SWEEPS: &str = "sweeps/";
 pub const ANCHORS: &str = "anchors/";
+pub const INDEX: &str = "index/";
 
 impl Layout {
     /// `prefix` may be empty; otherwise a trailing `/` is added if missing.
@@ -153,6 +155,11 @@ impl Layout {
     /// The RFC 3161 time-stamp token of `day`'s anchor: `…/anchors/dt=YYYY-MM-DD/anchor.tsr`.
     pub fn anchor_timestamp(&self, day: Day) -> String {
         format!("{}{ANCHORS}dt={day}/anchor.tsr", self.prefix)
+    }
+
+    /// The record index of `day`: `{prefix}index/dt=YYYY-MM-DD/records.parquet`.
+    pub fn record_index(&self, day: Day) -> String {
+        format!("{}{INDEX}dt={day}/records.parquet", self.prefix)
     }
 
     /// The day of a `…/dt=YYYY-MM-DD/` directory prefix returned by a listing.

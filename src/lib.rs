@@ -46,6 +46,7 @@ pub mod notify;
 pub mod pipeline;
 pub mod proof;
 pub mod retention;
+pub mod retrieve;
 pub mod seal;
 pub mod segment;
 pub mod server;

@@ -180,12 +180,10 @@ pub async fn prove(
     event_id: &str,
     near: Option<Day>,
 ) -> Result<ProofBundle, String> {
-    let days: Vec<Day> = store
-        .list_dirs(&layout.manifests_prefix())
+    let days: Vec<Day> = crate::retrieve::manifest_days(store, layout)
         .await
         .map_err(|e| e.to_string())?
-        .iter()
-        .filter_map(|d| Layout::day_of_dir(d))
+        .into_iter()
         .filter(|d| near.is_none_or(|n| *d >= n))
         .collect();
     for day in days {

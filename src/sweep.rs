@@ -110,12 +110,16 @@ pub enum FindingClass {
     AnchorMirrorMismatch,
     /// An anchor's RFC 3161 token is missing (after the first token) or does not verify.
     AnchorTimestampInvalid,
+    /// An anchored day has no record index.
+    IndexMissing,
+    /// A record index is not what rebuilding it from the day's segments gives (full).
+    IndexMismatch,
     /// A legal hold is on (recorded, not a problem).
     LegalHold,
 }
 
 impl FindingClass {
-    pub const ALL: [FindingClass; 28] = [
+    pub const ALL: [FindingClass; 30] = [
         FindingClass::ObjectMissing,
         FindingClass::DeleteMarker,
         FindingClass::ExtraVersion,
@@ -143,6 +147,8 @@ impl FindingClass {
         FindingClass::AnchorChainBroken,
         FindingClass::AnchorMirrorMismatch,
         FindingClass::AnchorTimestampInvalid,
+        FindingClass::IndexMissing,
+        FindingClass::IndexMismatch,
         FindingClass::LegalHold,
     ];
 
@@ -175,6 +181,8 @@ impl FindingClass {
             FindingClass::AnchorChainBroken => "anchor_chain_broken",
             FindingClass::AnchorMirrorMismatch => "anchor_mirror_mismatch",
             FindingClass::AnchorTimestampInvalid => "anchor_timestamp_invalid",
+            FindingClass::IndexMissing => "index_missing",
+            FindingClass::IndexMismatch => "index_mismatch",
             FindingClass::LegalHold => "legal_hold",
         }
     }
@@ -923,8 +931,80 @@ impl Sweeper {
             if wanted(d) {
                 self.check_anchor(d, first, check, &mut stamped, findings)
                     .await?;
+                self.check_index(d, opts.level, findings).await?;
             }
             d = d.next();
+        }
+        Ok(())
+    }
+
+    /// Lock and version findings for an object kept as long as any record of `day` (anchors,
+    /// tokens, record indexes): the longest class from the day's end.
+    async fn day_object_sealed(
+        &self,
+        key: &str,
+        head: &ObjectInfo,
+        day: Day,
+        findings: &mut Vec<Finding>,
+    ) -> Result<(), StoreError> {
+        let required = self
+            .retention
+            .longest_from(day.next().start())
+            .ceil_to_second();
+        lock_findings(key, head, required, findings);
+        let versions = self.store.versions_of(key).await?;
+        version_findings(key, &versions, head.version_id.as_deref(), findings);
+        Ok(())
+    }
+
+    /// The record index of an anchored day: present and sealed; at the full level, exactly
+    /// what rebuilding it from the day's segments gives.
+    async fn check_index(
+        &self,
+        day: Day,
+        level: Level,
+        findings: &mut Vec<Finding>,
+    ) -> Result<(), StoreError> {
+        if self
+            .store
+            .head(&self.layout.anchor(day), None)
+            .await
+            .is_err()
+        {
+            return Ok(()); // reported as a missing anchor
+        }
+        let key = self.layout.record_index(day);
+        let head = match self.store.head(&key, None).await {
+            Ok(h) => h,
+            Err(StoreError::NotFound { .. }) => {
+                findings.push(Finding::new(
+                    FindingClass::IndexMissing,
+                    &key,
+                    format!("{day} is anchored but has no record index (`wormvault index rebuild --day {day}` makes it)"),
+                ));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        self.day_object_sealed(&key, &head, day, findings).await?;
+        if level == Level::Full {
+            let stored = self.store.get(&key, None).await?;
+            match crate::retrieve::build_index(&self.store, &self.layout, day).await {
+                Ok(built) if built.bytes == stored => {}
+                Ok(built) => findings.push(
+                    Finding::new(
+                        FindingClass::IndexMismatch,
+                        &key,
+                        "the stored record index differs from the one rebuilt from the day's segments",
+                    )
+                    .expected_found(
+                        hex::encode(merkle::sha256(&built.bytes)),
+                        hex::encode(merkle::sha256(&stored)),
+                    ),
+                ),
+                // The segments themselves are unreadable: reported by the segment checks.
+                Err(_) => {}
+            }
         }
         Ok(())
     }
@@ -952,13 +1032,7 @@ impl Sweeper {
         };
         // Sealed like every archived object.
         let head = self.store.head(&key, None).await?;
-        let required = self
-            .retention
-            .longest_from(day.next().start())
-            .ceil_to_second();
-        lock_findings(&key, &head, required, findings);
-        let versions = self.store.versions_of(&key).await?;
-        version_findings(&key, &versions, head.version_id.as_deref(), findings);
+        self.day_object_sealed(&key, &head, day, findings).await?;
         let anchor = match crate::anchor::open_anchor(&key, bytes.clone(), &check.keys) {
             Ok(a) if a.body.day == day => a,
             Ok(a) => {

@@ -370,6 +370,32 @@ impl WormStore for LocalStore {
         .await
     }
 
+    async fn get_range(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, StoreError> {
+        use std::io::{Read, Seek};
+        let head = self.head(key, version_id).await?;
+        let path = self.object_path(&head.key);
+        let key = key.to_owned();
+        blocking(move || {
+            let mut buf = vec![0u8; (range.end - range.start) as usize];
+            fs::File::open(&path)
+                .and_then(|mut f| {
+                    f.seek(std::io::SeekFrom::Start(range.start))?;
+                    f.read_exact(&mut buf)
+                })
+                .map(|()| Bytes::from(buf))
+                .map_err(|e| StoreError::Other {
+                    key,
+                    message: e.to_string(),
+                })
+        })
+        .await
+    }
+
     async fn digest(
         &self,
         key: &str,

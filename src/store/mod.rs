@@ -219,6 +219,14 @@ pub trait WormStore: Send + Sync + 'static {
     /// The bytes of the current (or a given) version.
     async fn get(&self, key: &str, version_id: Option<&str>) -> Result<Bytes, StoreError>;
 
+    /// Bytes `range` of the current (or a given) version (for reading parts of a Parquet file).
+    async fn get_range(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, StoreError>;
+
     /// The SHA-256 and length of the current (or a given) version, read as a stream: memory
     /// does not grow with the object's size.
     async fn digest(

@@ -54,6 +54,31 @@ pub struct S3Store {
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 impl S3Store {
+    /// GetObject of a version (or the current one), whole or an HTTP `Range`, read to the end.
+    async fn get_object(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+        range: Option<String>,
+    ) -> Result<Bytes, StoreError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_version_id(version_id.map(str::to_owned))
+            .set_range(range)
+            .send()
+            .await
+            .map_err(|e| map_err(key, e))?;
+        Ok(out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("reading {key}: {e}")))?
+            .into_bytes())
+    }
+
     /// Builds a client from the standard AWS credential chain (environment, profile, web
     /// identity, container and instance metadata) and the settings.
     pub async fn connect(settings: &S3Settings) -> S3Store {
@@ -236,21 +261,32 @@ impl WormStore for S3Store {
     }
 
     async fn get(&self, key: &str, version_id: Option<&str>) -> Result<Bytes, StoreError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .set_version_id(version_id.map(str::to_owned))
-            .send()
-            .await
-            .map_err(|e| map_err(key, e))?;
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("reading {key}: {e}")))?;
-        Ok(body.into_bytes())
+        self.get_object(key, version_id, None).await
+    }
+
+    async fn get_range(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, StoreError> {
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let body = self
+            .get_object(
+                key,
+                version_id,
+                Some(format!("bytes={}-{}", range.start, range.end - 1)),
+            )
+            .await?;
+        if body.len() as u64 != range.end - range.start {
+            return Err(StoreError::Other {
+                key: key.to_owned(),
+                message: format!("asked for {range:?}, got {} bytes", body.len()),
+            });
+        }
+        Ok(body)
     }
 
     async fn digest(

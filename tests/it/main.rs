@@ -5,6 +5,7 @@ mod archive;
 mod cli;
 mod daemon;
 mod proxy;
+mod rti;
 mod store;
 mod sweep;
 mod tidy;

@@ -282,6 +282,14 @@ impl WormStore for GovernanceForOne {
     async fn get(&self, key: &str, v: Option<&str>) -> Result<Bytes, StoreError> {
         self.inner.get(key, v).await
     }
+    async fn get_range(
+        &self,
+        key: &str,
+        v: Option<&str>,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, StoreError> {
+        self.inner.get_range(key, v, range).await
+    }
     async fn digest(&self, key: &str, v: Option<&str>) -> Result<([u8; 32], u64), StoreError> {
         self.inner.digest(key, v).await
     }

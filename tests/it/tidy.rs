@@ -60,8 +60,8 @@ fn the_store_trait_has_no_delete() {
     }
     assert_eq!(
         trait_body.matches("async fn ").count(),
-        9,
-        "put_sealed, head, get, digest, list, list_dirs, versions, versions_of, bucket_lock"
+        10,
+        "put_sealed, head, get, get_range, digest, list, list_dirs, versions, versions_of, bucket_lock"
     );
 }
 

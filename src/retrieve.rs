@@ -1,0 +1,787 @@
+//! Retrieval for Responses to Inquiry: per-day record indexes, and queries that read only the
+//! parts of the archive that can match.
+//!
+//! **The record index of day D** (`index/dt=D/records.parquet`, docs/FORMAT.md §13) has one
+//! row per event in the segments of `dt=D` — subject, actor, event id, action, source,
+//! `occurred_at`, and where the event is (segment key, row) — sorted by subject. It is built
+//! from the day's segments when the day is anchored (nothing is added under a day after
+//! that), sealed like a record, and rebuilt byte for byte by `wormvault index rebuild`; a full
+//! sweep rebuilds it in memory and compares.
+//!
+//! **A query** walks the days that can hold matches (late events sit in later days, so every
+//! day from the `from` day on). On an indexed day it reads the index's footer and page index,
+//! skips row groups by statistics and bloom filters and pages by the sorted subject, decodes
+//! only the surviving pages, then reads only the pages of the `canonical` column that hold the
+//! matching rows of each segment. A day not indexed yet (today's) is scanned segment by
+//! segment. Every byte read is counted.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow_array::builder::{Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::{
+    Array, ArrayRef, BinaryArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt, future::BoxFuture};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
+};
+use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
+use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::{KeyValue, ParquetMetaData, ParquetMetaDataReader, SortingColumn};
+use parquet::file::page_index::column_index::ColumnIndexMetaData;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::statistics::Statistics;
+use parquet::schema::types::ColumnPath;
+
+use crate::anchor::DayManifests;
+use crate::layout::Layout;
+use crate::manifest::Manifest;
+use crate::store::{PutRequest, StoreError, WormStore};
+use crate::timestamp::{Day, Timestamp};
+
+/// The record index format version (footer key `wormvault.index.format_version`).
+pub const INDEX_FORMAT_VERSION: u32 = 1;
+/// Rows per row group of a record index.
+const INDEX_ROW_GROUP_ROWS: usize = 65_536;
+/// Rows per data page of a record index.
+const INDEX_PAGE_ROWS: usize = 1_024;
+/// The columns of a record index, in order.
+const COLUMNS: [&str; 9] = [
+    "subject_type",
+    "subject_id",
+    "actor_id",
+    "event_id",
+    "action",
+    "source",
+    "occurred_at",
+    "segment",
+    "row",
+];
+
+/// What to retrieve: every given field must match exactly; `from`/`to` bound `occurred_at`
+/// (`from` inclusive, `to` exclusive).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<Timestamp>,
+}
+
+impl Filter {
+    /// The exact-match conditions, by index column.
+    fn equalities(&self) -> Vec<(usize, &str)> {
+        [
+            (0, &self.subject_type),
+            (1, &self.subject_id),
+            (2, &self.actor_id),
+            (3, &self.event_id),
+            (4, &self.action),
+            (5, &self.source),
+        ]
+        .into_iter()
+        .filter_map(|(c, v)| v.as_deref().map(|v| (c, v)))
+        .collect()
+    }
+
+    fn time_matches(&self, t: Timestamp) -> bool {
+        self.from.is_none_or(|f| t >= f) && self.to.is_none_or(|to| t < to)
+    }
+
+    /// Does an entry match?
+    pub fn matches(&self, e: &Entry) -> bool {
+        let fields = [
+            &e.subject_type,
+            &e.subject_id,
+            &e.actor_id,
+            &e.event_id,
+            &e.action,
+            &e.source,
+        ];
+        self.equalities().into_iter().all(|(c, v)| fields[c] == v)
+            && self.time_matches(e.occurred_at)
+    }
+
+    /// A filter that names nothing would export the whole archive: refused.
+    pub fn is_unbounded(&self) -> bool {
+        self.equalities().is_empty()
+    }
+}
+
+/// One event as the index knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub subject_type: String,
+    pub subject_id: String,
+    pub actor_id: String,
+    pub event_id: String,
+    pub action: String,
+    pub source: String,
+    pub occurred_at: Timestamp,
+    pub segment: String,
+    pub row: u64,
+}
+
+impl Entry {
+    /// The entry of row `row` of segment `segment`.
+    pub fn of(r: &crate::segment::StoredRow, segment: &str, row: usize) -> Entry {
+        Entry {
+            subject_type: r.subject_type.clone(),
+            subject_id: r.subject_id.clone(),
+            actor_id: r.actor_id.clone(),
+            event_id: r.event_id.clone(),
+            action: r.action.clone(),
+            source: r.source.clone(),
+            occurred_at: r.occurred_at,
+            segment: segment.to_owned(),
+            row: row as u64,
+        }
+    }
+}
+
+/// The days that have manifests, in order.
+pub async fn manifest_days(
+    store: &Arc<dyn WormStore>,
+    layout: &Layout,
+) -> Result<Vec<Day>, StoreError> {
+    Ok(store
+        .list_dirs(&layout.manifests_prefix())
+        .await?
+        .iter()
+        .filter_map(|d| Layout::day_of_dir(d))
+        .collect())
+}
+
+fn index_schema() -> SchemaRef {
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    Arc::new(Schema::new(
+        COLUMNS
+            .iter()
+            .map(|c| match *c {
+                "occurred_at" => Field::new(*c, ts.clone(), false),
+                "row" => Field::new(*c, DataType::Int64, false),
+                _ => Field::new(*c, DataType::Utf8, false),
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// A built record index: its bytes and what it covers.
+pub struct BuiltIndex {
+    pub day: Day,
+    pub bytes: Bytes,
+    pub events: u64,
+    pub segments: u64,
+}
+
+/// Builds the record index of `day` from its manifests' segments. Deterministic: the same
+/// segments give the same bytes.
+pub async fn build_index(
+    store: &Arc<dyn WormStore>,
+    layout: &Layout,
+    day: Day,
+) -> Result<BuiltIndex, String> {
+    let manifests = DayManifests::read(store, layout, day)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut entries = Vec::new();
+    for (key, bytes) in &manifests.manifests {
+        let m = Manifest::from_bytes(bytes).map_err(|e| format!("{key}: {e}"))?;
+        let seg = store
+            .get(&m.segment.key, Some(&m.segment.version_id))
+            .await
+            .map_err(|e| e.to_string())?;
+        let segment_key = m.segment.key.clone();
+        let rows = tokio::task::spawn_blocking(move || crate::segment::read_segment(seg))
+            .await
+            .expect("segment read task")
+            .map_err(|e| format!("{segment_key}: {e}"))?;
+        entries.extend(
+            rows.rows
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Entry::of(r, &m.segment.key, i)),
+        );
+    }
+    // The sorting columns of the file: subject, then time; ties in a fixed order.
+    entries.sort_by(|a, b| {
+        (
+            &a.subject_type,
+            &a.subject_id,
+            a.occurred_at,
+            &a.event_id,
+            &a.segment,
+            a.row,
+        )
+            .cmp(&(
+                &b.subject_type,
+                &b.subject_id,
+                b.occurred_at,
+                &b.event_id,
+                &b.segment,
+                b.row,
+            ))
+    });
+    let events = entries.len() as u64;
+    let segments = manifests.manifests.len() as u64;
+    let root = hex::encode(manifests.root());
+    let bytes = tokio::task::spawn_blocking(move || write_index(day, &root, &entries))
+        .await
+        .expect("index write task")?;
+    Ok(BuiltIndex {
+        day,
+        bytes,
+        events,
+        segments,
+    })
+}
+
+fn write_index(day: Day, daily_root: &str, entries: &[Entry]) -> Result<Bytes, String> {
+    let schema = index_schema();
+    let col = |name: &str| ColumnPath::from(name);
+    let kv = |k: &str, v: String| KeyValue::new(format!("wormvault.index.{k}"), v);
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("valid level"),
+        ))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(INDEX_ROW_GROUP_ROWS))
+        .set_data_page_row_count_limit(INDEX_PAGE_ROWS)
+        .set_sorting_columns(Some(
+            [0, 1, 6]
+                .map(|c| SortingColumn {
+                    column_idx: c,
+                    descending: false,
+                    nulls_first: false,
+                })
+                .to_vec(),
+        ))
+        .set_key_value_metadata(Some(vec![
+            kv("format_version", INDEX_FORMAT_VERSION.to_string()),
+            kv("day", day.to_string()),
+            kv("daily_root", daily_root.to_owned()),
+            kv("events", entries.len().to_string()),
+        ]));
+    for name in ["subject_id", "actor_id", "event_id"] {
+        props = props
+            .set_column_bloom_filter_enabled(col(name), true)
+            .set_column_bloom_filter_fpp(col(name), 0.01)
+            .set_column_bloom_filter_max_ndv(col(name), INDEX_ROW_GROUP_ROWS as u64);
+    }
+    let mut out = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut out, schema.clone(), Some(props.build()))
+        .map_err(|e| e.to_string())?;
+    for chunk in entries.chunks(16_384) {
+        let mut strings: Vec<StringBuilder> = (0..6).map(|_| StringBuilder::new()).collect();
+        let mut occurred =
+            TimestampMicrosecondBuilder::with_capacity(chunk.len()).with_timezone("UTC");
+        let mut segment = StringBuilder::new();
+        let mut row = Int64Builder::with_capacity(chunk.len());
+        for e in chunk {
+            for (b, v) in strings.iter_mut().zip([
+                &e.subject_type,
+                &e.subject_id,
+                &e.actor_id,
+                &e.event_id,
+                &e.action,
+                &e.source,
+            ]) {
+                b.append_value(v);
+            }
+            occurred.append_value(e.occurred_at.as_micros());
+            segment.append_value(&e.segment);
+            row.append_value(e.row as i64);
+        }
+        let mut columns: Vec<ArrayRef> = strings
+            .into_iter()
+            .map(|mut b| Arc::new(b.finish()) as ArrayRef)
+            .collect();
+        columns.push(Arc::new(occurred.finish()));
+        columns.push(Arc::new(segment.finish()));
+        columns.push(Arc::new(row.finish()));
+        let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())?;
+        writer.write(&batch).map_err(|e| e.to_string())?;
+    }
+    writer.close().map_err(|e| e.to_string())?;
+    Ok(Bytes::from(out))
+}
+
+/// Stores the record index of `day` if it is not stored yet. Returns whether it wrote it.
+pub async fn ensure_index(
+    store: &Arc<dyn WormStore>,
+    layout: &Layout,
+    until: Timestamp,
+    day: Day,
+) -> Result<bool, String> {
+    match store.head(&layout.record_index(day), None).await {
+        Ok(_) => Ok(false),
+        Err(StoreError::NotFound { .. }) => rebuild_index(store, layout, until, day)
+            .await
+            .map(|(_, written)| written),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Builds the record index of `day` from its segments and stores it; if one is stored
+/// already it must have exactly these bytes (create-only: it is never replaced). Returns the
+/// index and whether it was written now.
+pub async fn rebuild_index(
+    store: &Arc<dyn WormStore>,
+    layout: &Layout,
+    until: Timestamp,
+    day: Day,
+) -> Result<(BuiltIndex, bool), String> {
+    let built = build_index(store, layout, day).await?;
+    let key = layout.record_index(day);
+    let req = PutRequest::new(
+        key.clone(),
+        built.bytes.clone(),
+        until,
+        "application/vnd.apache.parquet",
+    );
+    let existed = store.head(&key, None).await.is_ok();
+    match crate::store::put_or_confirm(store.as_ref(), &req, existed).await {
+        Ok(_) => Ok((built, !existed)),
+        Err(StoreError::Conflict { .. }) => Err(format!(
+            "{key} exists and differs from the index rebuilt from the day's segments (a sweep reports it)"
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// An `AsyncFileReader` over one stored object that counts the bytes it reads.
+struct StoreReader {
+    store: Arc<dyn WormStore>,
+    key: String,
+    size: u64,
+    read: Arc<AtomicU64>,
+}
+
+impl AsyncFileReader for StoreReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move {
+            let b = self
+                .store
+                .get_range(&self.key, None, range)
+                .await
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))?;
+            self.read.fetch_add(b.len() as u64, Ordering::Relaxed);
+            Ok(b)
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let md = ParquetMetaDataReader::new()
+                .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional)
+                .with_prefetch_hint(Some(64 * 1024))
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(md))
+        }
+        .boxed()
+    }
+}
+
+/// One retrieved record.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Found {
+    pub event_id: String,
+    pub occurred_at: Timestamp,
+    /// The day (`dt=`) of the segment holding it; a proof is `wormvault prove EVENT_ID --day`.
+    pub day: Day,
+    pub segment: String,
+    pub row: u64,
+    /// The record's canonical bytes (docs/FORMAT.md §2).
+    #[serde(skip)]
+    pub canonical: Vec<u8>,
+}
+
+/// One retrieved record as an NDJSON line: the archived event itself, where it is, and the
+/// command that proves it.
+pub fn record_line(r: &Found) -> String {
+    let event = std::str::from_utf8(&r.canonical).unwrap_or("null");
+    format!(
+        "{{\"event\":{event},\"day\":\"{}\",\"segment\":{},\"row\":{},\"proof\":{}}}",
+        r.day,
+        serde_json::Value::from(r.segment.as_str()),
+        r.row,
+        serde_json::Value::from(format!(
+            "wormvault prove {} --day {}",
+            r.event_id,
+            r.occurred_at.day()
+        ))
+    )
+}
+
+/// What a query read and found.
+#[derive(Debug, Default)]
+pub struct QueryOutcome {
+    pub records: Vec<Found>,
+    /// Bytes read from the store (index objects, segment parts and listings excluded).
+    pub bytes_read: u64,
+    /// Days answered from their index, and days scanned segment by segment.
+    pub indexed_days: u64,
+    pub scanned_days: u64,
+}
+
+/// Runs a query over the archive. Results are in (occurred_at, event_id) order.
+pub async fn query(
+    store: &Arc<dyn WormStore>,
+    layout: &Layout,
+    filter: &Filter,
+) -> Result<QueryOutcome, String> {
+    let read = Arc::new(AtomicU64::new(0));
+    let days: Vec<Day> = manifest_days(store, layout)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        // Late events are archived on later days than they occurred: no upper bound.
+        .filter(|d| filter.from.is_none_or(|f| *d >= f.day()))
+        .collect();
+    let mut out = QueryOutcome::default();
+    for day in days {
+        let entries = match index_entries(store, layout, day, filter, &read).await? {
+            Some(e) => {
+                out.indexed_days += 1;
+                e
+            }
+            None => {
+                out.scanned_days += 1;
+                scan_day(store, layout, day, filter, &read, &mut out.records).await?;
+                continue;
+            }
+        };
+        let mut by_segment: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+        for e in entries {
+            by_segment.entry(e.segment.clone()).or_default().push(e);
+        }
+        for (segment, mut entries) in by_segment {
+            entries.sort_by_key(|e| e.row);
+            let rows: Vec<u64> = entries.iter().map(|e| e.row).collect();
+            let canon = read_rows(store, &segment, &rows, &read).await?;
+            for (e, c) in entries.into_iter().zip(canon) {
+                out.records.push(Found {
+                    event_id: e.event_id,
+                    occurred_at: e.occurred_at,
+                    day,
+                    segment: e.segment,
+                    row: e.row,
+                    canonical: c,
+                });
+            }
+        }
+    }
+    out.records
+        .sort_by(|a, b| (a.occurred_at, &a.event_id).cmp(&(b.occurred_at, &b.event_id)));
+    out.bytes_read = read.load(Ordering::Relaxed);
+    Ok(out)
+}
+
+/// Opens a stored Parquet object for reading parts of it.
+async fn open(
+    store: &Arc<dyn WormStore>,
+    key: &str,
+    read: &Arc<AtomicU64>,
+) -> Result<Option<(StoreReader, ArrowReaderMetadata)>, String> {
+    let size = match store.head(key, None).await {
+        Ok(h) => h.size,
+        Err(StoreError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut reader = StoreReader {
+        store: store.clone(),
+        key: key.to_owned(),
+        size,
+        read: read.clone(),
+    };
+    let options = ArrowReaderOptions::new()
+        .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional);
+    let md = ArrowReaderMetadata::load_async(&mut reader, options)
+        .await
+        .map_err(|e| format!("{key}: {e}"))?;
+    Ok(Some((reader, md)))
+}
+
+/// The index entries of `day` that match, or `None` if the day has no index.
+async fn index_entries(
+    store: &Arc<dyn WormStore>,
+    layout: &Layout,
+    day: Day,
+    filter: &Filter,
+    read: &Arc<AtomicU64>,
+) -> Result<Option<Vec<Entry>>, String> {
+    let key = layout.record_index(day);
+    let Some((reader, md)) = open(store, &key, read).await? else {
+        return Ok(None);
+    };
+    let meta = md.metadata().clone();
+    let eqs = filter.equalities();
+    let mut bloom = ParquetRecordBatchStreamBuilder::new_with_metadata(
+        StoreReader {
+            store: reader.store.clone(),
+            key: reader.key.clone(),
+            size: reader.size,
+            read: read.clone(),
+        },
+        md.clone(),
+    );
+    let mut selected = Vec::new();
+    let mut selection: Vec<RowSelector> = Vec::new();
+    for rg in 0..meta.num_row_groups() {
+        let g = meta.row_group(rg);
+        let n = g.num_rows() as usize;
+        // Row-group statistics.
+        let keep = eqs
+            .iter()
+            .all(|(c, v)| stats_may_contain(g.column(*c).statistics(), v.as_bytes()))
+            && time_may_overlap(g.column(6).statistics(), filter);
+        let mut keep = keep;
+        // Bloom filters on subject_id, actor_id and event_id.
+        if keep {
+            for (c, v) in &eqs {
+                if [1, 2, 3].contains(c)
+                    && let Some(sbbf) = bloom
+                        .get_row_group_column_bloom_filter(rg, *c)
+                        .await
+                        .map_err(|e| format!("{key}: {e}"))?
+                    && !sbbf.check(v)
+                {
+                    keep = false;
+                }
+            }
+        }
+        if !keep {
+            continue;
+        }
+        selected.push(rg);
+        // Pages of the sorted subject columns that can hold the subject.
+        let pages = meta.page_index_for_row_group(rg);
+        let mut rows = vec![true; n];
+        for (c, v) in eqs.iter().filter(|(c, _)| *c <= 1) {
+            let (Some(ColumnIndexMetaData::BYTE_ARRAY(ci)), Some(locs)) =
+                (pages.column_index(*c), pages.page_locations(*c))
+            else {
+                continue;
+            };
+            for (p, loc) in locs.iter().enumerate() {
+                let start = loc.first_row_index as usize;
+                let end = locs.get(p + 1).map_or(n, |l| l.first_row_index as usize);
+                let may = match (ci.min_value(p), ci.max_value(p)) {
+                    (Some(lo), Some(hi)) => lo <= v.as_bytes() && v.as_bytes() <= hi,
+                    _ => true,
+                };
+                if !may {
+                    rows[start..end].iter_mut().for_each(|r| *r = false);
+                }
+            }
+        }
+        selection.extend(selectors(&rows));
+    }
+    if selected.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, md)
+        .with_row_groups(selected)
+        .with_row_selection(RowSelection::from(selection))
+        .build()
+        .map_err(|e| format!("{key}: {e}"))?;
+    let mut out = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| format!("{key}: {e}"))?;
+        let s = |i: usize| -> Result<&StringArray, String> {
+            batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| format!("{key}: column {} is not text", COLUMNS[i]))
+        };
+        let (st, si, ai, ei, ac, so, sg) = (s(0)?, s(1)?, s(2)?, s(3)?, s(4)?, s(5)?, s(7)?);
+        let occurred = batch
+            .column(6)
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .ok_or_else(|| format!("{key}: occurred_at is not a timestamp"))?;
+        let row = batch
+            .column(8)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| format!("{key}: row is not an integer"))?;
+        for i in 0..batch.num_rows() {
+            let e = Entry {
+                subject_type: st.value(i).to_owned(),
+                subject_id: si.value(i).to_owned(),
+                actor_id: ai.value(i).to_owned(),
+                event_id: ei.value(i).to_owned(),
+                action: ac.value(i).to_owned(),
+                source: so.value(i).to_owned(),
+                occurred_at: Timestamp::from_micros(occurred.value(i)),
+                segment: sg.value(i).to_owned(),
+                row: row.value(i) as u64,
+            };
+            if filter.matches(&e) {
+                out.push(e);
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Run-length selectors for a per-row keep mask.
+fn selectors(rows: &[bool]) -> Vec<RowSelector> {
+    let mut out: Vec<RowSelector> = Vec::new();
+    for &keep in rows {
+        match out.last_mut() {
+            Some(s) if s.skip != keep => s.row_count += 1,
+            _ => out.push(if keep {
+                RowSelector::select(1)
+            } else {
+                RowSelector::skip(1)
+            }),
+        }
+    }
+    out
+}
+
+fn stats_may_contain(stats: Option<&Statistics>, v: &[u8]) -> bool {
+    match stats {
+        Some(Statistics::ByteArray(s)) => match (s.min_opt(), s.max_opt()) {
+            (Some(lo), Some(hi)) => lo.data() <= v && v <= hi.data(),
+            _ => true,
+        },
+        _ => true,
+    }
+}
+
+fn time_may_overlap(stats: Option<&Statistics>, f: &Filter) -> bool {
+    match stats {
+        Some(Statistics::Int64(s)) => match (s.min_opt(), s.max_opt()) {
+            (Some(lo), Some(hi)) => {
+                f.from.is_none_or(|from| *hi >= from.as_micros())
+                    && f.to.is_none_or(|to| *lo < to.as_micros())
+            }
+            _ => true,
+        },
+        _ => true,
+    }
+}
+
+/// Reads the canonical bytes of `rows` (sorted) of a segment, reading only their pages.
+async fn read_rows(
+    store: &Arc<dyn WormStore>,
+    segment: &str,
+    rows: &[u64],
+    read: &Arc<AtomicU64>,
+) -> Result<Vec<Vec<u8>>, String> {
+    let (reader, md) = open(store, segment, read)
+        .await?
+        .ok_or_else(|| format!("{segment} is named by the index but not in the store"))?;
+    let total = md.metadata().file_metadata().num_rows() as usize;
+    let mut keep = vec![false; total];
+    for r in rows {
+        *keep
+            .get_mut(*r as usize)
+            .ok_or_else(|| format!("{segment} has no row {r}"))? = true;
+    }
+    let canonical = md
+        .metadata()
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.name() == "canonical")
+        .ok_or_else(|| format!("{segment} has no canonical column"))?;
+    let mask = ProjectionMask::leaves(md.metadata().file_metadata().schema_descr(), [canonical]);
+    let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, md)
+        .with_projection(mask)
+        .with_row_selection(RowSelection::from(selectors(&keep)))
+        .build()
+        .map_err(|e| format!("{segment}: {e}"))?;
+    let mut out = Vec::with_capacity(rows.len());
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| format!("{segment}: {e}"))?;
+        let col = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<BinaryArray>()
+            .ok_or_else(|| format!("{segment}: canonical is not binary"))?;
+        out.extend((0..col.len()).map(|i| col.value(i).to_vec()));
+    }
+    if out.len() != rows.len() {
+        return Err(format!(
+            "{segment}: read {} of {} rows",
+            out.len(),
+            rows.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// Scans every segment of a day that has no index yet (reads them whole).
+async fn scan_day(
+    store: &Arc<dyn WormStore>,
+    layout: &Layout,
+    day: Day,
+    filter: &Filter,
+    read: &Arc<AtomicU64>,
+    out: &mut Vec<Found>,
+) -> Result<(), String> {
+    let manifests = DayManifests::read(store, layout, day)
+        .await
+        .map_err(|e| e.to_string())?;
+    for (key, bytes) in &manifests.manifests {
+        let m = Manifest::from_bytes(bytes).map_err(|e| format!("{key}: {e}"))?;
+        if filter.to.is_some_and(|t| m.info.first_occurred_at >= t)
+            || filter.from.is_some_and(|f| m.info.last_occurred_at < f)
+        {
+            continue;
+        }
+        let seg = store
+            .get(&m.segment.key, Some(&m.segment.version_id))
+            .await
+            .map_err(|e| e.to_string())?;
+        read.fetch_add(seg.len() as u64, Ordering::Relaxed);
+        let rows = tokio::task::spawn_blocking(move || crate::segment::read_segment(seg))
+            .await
+            .expect("segment read task")
+            .map_err(|e| format!("{}: {e}", m.segment.key))?;
+        for (i, r) in rows.rows.into_iter().enumerate() {
+            let e = Entry::of(&r, &m.segment.key, i);
+            if filter.matches(&e) {
+                out.push(Found {
+                    event_id: e.event_id,
+                    occurred_at: e.occurred_at,
+                    day,
+                    segment: e.segment,
+                    row: e.row,
+                    canonical: r.canonical,
+                });
+            }
+        }
+    }
+    Ok(())
+}
