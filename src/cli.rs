@@ -168,6 +168,27 @@ pub enum RtiCommand {
         #[command(flatten)]
         filter: FilterArgs,
     },
+    /// Write a self-verifying package (a zipped BagIt bag) of the matching records for a case:
+    /// CSV, Parquet and JSONL, one proof per record, the manifests, anchors and keys, a README.
+    Export {
+        /// The case id (names the bag's folder).
+        #[arg(long)]
+        case: String,
+        /// Who asked (recorded in the package).
+        #[arg(long, env = "USER", default_value = "unknown")]
+        requester: String,
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a package with no access to the archive. Exit 0 valid, 1 not valid.
+    Verify {
+        file: PathBuf,
+        /// Require the package and anchors to be signed by this key (repeat for several).
+        #[arg(long = "key")]
+        keys: Vec<String>,
+    },
 }
 
 /// What to retrieve. Every given field must match exactly.
@@ -360,6 +381,18 @@ pub fn run(cli: Cli) -> ExitCode {
             };
             index_rebuild_cmd(settings, day)
         }
+        Command::Rti(RtiCommand::Export {
+            case,
+            requester,
+            filter,
+            out,
+        }) => {
+            let Ok(settings) = load_settings(cli.config.as_deref()) else {
+                return ExitCode::from(2);
+            };
+            rti_export_cmd(settings, case, requester, &filter, &out)
+        }
+        Command::Rti(RtiCommand::Verify { file, keys }) => rti_verify_cmd(&file, &keys),
         Command::Rti(RtiCommand::Query { filter }) => {
             let Ok(settings) = load_settings(cli.config.as_deref()) else {
                 return ExitCode::from(2);
@@ -697,17 +730,121 @@ fn prove_cmd(
     ExitCode::SUCCESS
 }
 
-fn verify_proof_cmd(file: &std::path::Path, keys: &[String]) -> ExitCode {
-    let mut pinned = Vec::new();
-    for k in keys {
-        match crate::note::VerifierKey::parse(k) {
-            Ok(k) => pinned.push(k),
-            Err(e) => {
+fn parse_keys(keys: &[String]) -> Result<Vec<crate::note::VerifierKey>, ExitCode> {
+    keys.iter()
+        .map(|k| {
+            crate::note::VerifierKey::parse(k).map_err(|e| {
                 eprintln!("error: --key {k:?}: {e}");
+                ExitCode::from(2)
+            })
+        })
+        .collect()
+}
+
+fn rti_export_cmd(
+    settings: Settings,
+    case: String,
+    requester: String,
+    filter: &FilterArgs,
+    out: &std::path::Path,
+) -> ExitCode {
+    let filter = match filter.to_filter() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(anchor) = &settings.anchor else {
+        eprintln!(
+            "error: anchoring is not configured ([anchor]); packages prove records through anchors"
+        );
+        return ExitCode::from(2);
+    };
+    let signer = match anchor.load_signer() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e} (the package is signed with the anchor key)");
+            return ExitCode::from(2);
+        }
+    };
+    let keys = anchor.accepted_keys();
+    let request = crate::rti::Request {
+        case_id: case,
+        requester,
+        filter,
+    };
+    let rt = runtime();
+    let result = rt.block_on(async {
+        let store = crate::archive::open_store(&settings)
+            .await
+            .map_err(|e| e.to_string())?;
+        crate::rti::export(&store, &settings.layout, &keys, &signer, &request).await
+    });
+    match result {
+        Ok(p) => {
+            if let Err(e) = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(out)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, &p.zip))
+            {
+                eprintln!("error: writing {}: {e}", out.display());
                 return ExitCode::from(2);
             }
+            println!(
+                "wrote {} records for case {} to {} ({} bytes)",
+                p.records,
+                request.case_id,
+                out.display(),
+                p.zip.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
         }
     }
+}
+
+fn rti_verify_cmd(file: &std::path::Path, keys: &[String]) -> ExitCode {
+    let pinned = match parse_keys(keys) {
+        Ok(k) => k,
+        Err(code) => return code,
+    };
+    match crate::rti::verify_file(file, &pinned) {
+        Ok(c) if c.problems.is_empty() => {
+            println!(
+                "VALID: case {}: {} records, every one proven up to a signed daily anchor and matching the request; package signed by {}",
+                c.case_id, c.records, c.signed_by
+            );
+            if pinned.is_empty() {
+                println!(
+                    "       (no --key given: compare the key above with the firm's published key)"
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(c) => {
+            println!("INVALID: case {}: {} problems", c.case_id, c.problems.len());
+            for p in &c.problems {
+                println!("  {p}");
+            }
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn verify_proof_cmd(file: &std::path::Path, keys: &[String]) -> ExitCode {
+    let pinned = match parse_keys(keys) {
+        Ok(k) => k,
+        Err(code) => return code,
+    };
     let bundle: crate::proof::ProofBundle = match std::fs::read(file)
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("not a proof bundle: {e}")))

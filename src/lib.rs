@@ -47,6 +47,7 @@ pub mod pipeline;
 pub mod proof;
 pub mod retention;
 pub mod retrieve;
+pub mod rti;
 pub mod seal;
 pub mod segment;
 pub mod server;

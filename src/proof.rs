@@ -168,8 +168,122 @@ pub fn verify(bundle: &ProofBundle, pinned: &[VerifierKey]) -> Result<Proven, St
     })
 }
 
-/// An event found in a segment: its row, canonical bytes and inclusion proof.
+/// An event found in a segment: its row, canonical bytes, and the segment's leaves.
 type Found = (usize, Vec<u8>, Vec<Hash>);
+
+/// What proving events of one day needs: the day's manifests, their leaves, and its anchor
+/// (checked to be over exactly those manifests).
+pub struct DayProofs {
+    pub manifests: DayManifests,
+    leaves: Vec<Hash>,
+    tree: merkle::Tree,
+    anchor: StoredAnchor,
+    public_key: String,
+}
+
+impl DayProofs {
+    /// Reads the day; an error if it is not anchored or its anchor does not match.
+    pub async fn load(
+        store: &Arc<dyn WormStore>,
+        layout: &Layout,
+        keys: &[VerifierKey],
+        day: Day,
+    ) -> Result<DayProofs, String> {
+        let manifests = DayManifests::read(store, layout, day)
+            .await
+            .map_err(|e| e.to_string())?;
+        let anchor = crate::anchor::read_anchor(store, layout, day, keys)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!(
+                    "{day} is not anchored yet; run `wormvault anchor --day {day}` (or wait for the daemon) and try again"
+                )
+            })?;
+        let leaves = manifests.leaves();
+        let tree = merkle::Tree::from_leaf_hashes(&leaves);
+        if anchor.body.size != leaves.len() as u64 || anchor.body.root != tree.root() {
+            return Err(format!(
+                "the anchor of {day} does not match the day's manifests (run `wormvault verify`)"
+            ));
+        }
+        let public_key = keys
+            .iter()
+            .find(|k| k.name == anchor.signed_by.0 && k.id == anchor.signed_by.1)
+            .expect("the anchor opened with one of these keys")
+            .to_string();
+        Ok(DayProofs {
+            manifests,
+            leaves,
+            tree,
+            anchor,
+            public_key,
+        })
+    }
+
+    /// The position of the manifest of `segment_key` among the day's manifests.
+    pub fn manifest_of(&self, segment_key: &str) -> Option<(usize, Manifest)> {
+        self.manifests
+            .manifests
+            .iter()
+            .enumerate()
+            .find_map(|(i, (_, b))| {
+                Manifest::from_bytes(b)
+                    .ok()
+                    .filter(|m| m.segment.key == segment_key)
+                    .map(|m| (i, m))
+            })
+    }
+
+    pub fn anchor(&self) -> &StoredAnchor {
+        &self.anchor
+    }
+
+    /// The verifier key whose signature is on the day's anchor.
+    pub fn public_key(&self) -> &str {
+        &self.public_key
+    }
+
+    /// The bundle of row `row` (with `canonical` bytes) of the segment of manifest `index`,
+    /// whose rows have `segment_leaves`.
+    pub fn bundle(
+        &self,
+        index: usize,
+        segment_leaves: &[Hash],
+        row: usize,
+        canonical: &[u8],
+    ) -> Result<ProofBundle, String> {
+        debug_assert_eq!(self.leaves.len(), self.tree.size());
+        let (mkey, mbytes) = &self.manifests.manifests[index];
+        let m = Manifest::from_bytes(mbytes)?;
+        let event: serde_json::Value =
+            serde_json::from_slice(canonical).map_err(|e| format!("stored event: {e}"))?;
+        let segment_proof = merkle::Tree::from_leaf_hashes(segment_leaves).inclusion_proof(row);
+        Ok(ProofBundle {
+            format: PROOF_FORMAT.into(),
+            event_id: event["event_id"].as_str().unwrap_or_default().to_owned(),
+            event: String::from_utf8(canonical.to_vec())
+                .map_err(|_| "the stored canonical bytes are not UTF-8")?,
+            segment_key: m.segment.key.clone(),
+            leaf_index: row as u64,
+            segment_proof: segment_proof.iter().map(hex::encode).collect(),
+            manifest_key: mkey.clone(),
+            manifest: String::from_utf8(mbytes.to_vec())
+                .map_err(|_| "the manifest is not UTF-8")?,
+            manifest_index: index as u64,
+            day_proof: self
+                .tree
+                .inclusion_proof(index)
+                .iter()
+                .map(hex::encode)
+                .collect(),
+            anchor_key: self.anchor.key.clone(),
+            anchor: String::from_utf8(self.anchor.bytes.to_vec())
+                .map_err(|_| "the anchor is not UTF-8")?,
+            public_key: self.public_key.clone(),
+        })
+    }
+}
 
 /// Finds `event_id` in the archive and builds its bundle. `near` narrows the search to
 /// segments whose events occurred around that day (a late event is found in a later day).
@@ -190,7 +304,7 @@ pub async fn prove(
         let manifests = DayManifests::read(store, layout, day)
             .await
             .map_err(|e| e.to_string())?;
-        for (index, (mkey, mbytes)) in manifests.manifests.iter().enumerate() {
+        for (index, (_, mbytes)) in manifests.manifests.iter().enumerate() {
             let Ok(m) = Manifest::from_bytes(mbytes) else {
                 continue;
             };
@@ -215,55 +329,18 @@ pub async fn prove(
                         .iter()
                         .map(|r| merkle::leaf_hash(&r.canonical))
                         .collect();
-                    let proof = merkle::Tree::from_leaf_hashes(&leaves).inclusion_proof(row);
-                    Ok(Some((row, seg.rows[row].canonical.clone(), proof)))
+                    Ok(Some((row, seg.rows[row].canonical.clone(), leaves)))
                 }
             })
             .await
             .expect("segment search task")?;
-            let Some((row, canonical, segment_proof)) = found else {
+            let Some((row, canonical, leaves)) = found else {
                 continue;
             };
-            let anchor = crate::anchor::read_anchor(store, layout, day, keys)
+            let day_proofs = DayProofs::load(store, layout, keys, day)
                 .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| {
-                    format!(
-                        "{event_id} is in {} but {day} is not anchored yet; run `wormvault anchor --day {day}` (or wait for the daemon) and try again",
-                        m.segment.key
-                    )
-                })?;
-            let leaves = manifests.leaves();
-            if anchor.body.size != leaves.len() as u64 || anchor.body.root != merkle::root(&leaves)
-            {
-                return Err(format!(
-                    "the anchor of {day} does not match the day's manifests (run `wormvault verify`)"
-                ));
-            }
-            let public_key = keys
-                .iter()
-                .find(|k| k.name == anchor.signed_by.0 && k.id == anchor.signed_by.1)
-                .expect("the anchor opened with one of these keys")
-                .to_string();
-            let day_proof = merkle::Tree::from_leaf_hashes(&leaves).inclusion_proof(index);
-            return Ok(ProofBundle {
-                format: PROOF_FORMAT.into(),
-                event_id: event_id.to_owned(),
-                event: String::from_utf8(canonical)
-                    .map_err(|_| "the stored canonical bytes are not UTF-8")?,
-                segment_key: m.segment.key.clone(),
-                leaf_index: row as u64,
-                segment_proof: segment_proof.iter().map(hex::encode).collect(),
-                manifest_key: mkey.clone(),
-                manifest: String::from_utf8(mbytes.to_vec())
-                    .map_err(|_| "the manifest is not UTF-8")?,
-                manifest_index: index as u64,
-                day_proof: day_proof.iter().map(hex::encode).collect(),
-                anchor_key: anchor.key.clone(),
-                anchor: String::from_utf8(anchor.bytes.to_vec())
-                    .map_err(|_| "the anchor is not UTF-8")?,
-                public_key,
-            });
+                .map_err(|e| format!("{event_id} is in {}, but {e}", m.segment.key))?;
+            return day_proofs.bundle(index, &leaves, row, &canonical);
         }
     }
     Err(format!("no event {event_id:?} in the archive"))

@@ -697,46 +697,77 @@ async fn read_rows(
     rows: &[u64],
     read: &Arc<AtomicU64>,
 ) -> Result<Vec<Vec<u8>>, String> {
+    read_column(store, segment, "canonical", Some(rows), read).await
+}
+
+/// The leaf hashes of every row of a segment (its `leaf_hash` column only).
+pub async fn read_leaves(
+    store: &Arc<dyn WormStore>,
+    segment: &str,
+    read: &Arc<AtomicU64>,
+) -> Result<Vec<crate::merkle::Hash>, String> {
+    read_column(store, segment, "leaf_hash", None, read)
+        .await?
+        .into_iter()
+        .map(|v| {
+            v.try_into()
+                .map_err(|_| format!("{segment}: a leaf hash is not 32 bytes"))
+        })
+        .collect()
+}
+
+/// Reads one binary column of a segment: every row, or only `rows` (sorted, reading only
+/// their pages).
+async fn read_column(
+    store: &Arc<dyn WormStore>,
+    segment: &str,
+    column: &str,
+    rows: Option<&[u64]>,
+    read: &Arc<AtomicU64>,
+) -> Result<Vec<Vec<u8>>, String> {
     let (reader, md) = open(store, segment, read)
         .await?
         .ok_or_else(|| format!("{segment} is named by the index but not in the store"))?;
     let total = md.metadata().file_metadata().num_rows() as usize;
-    let mut keep = vec![false; total];
-    for r in rows {
-        *keep
-            .get_mut(*r as usize)
-            .ok_or_else(|| format!("{segment} has no row {r}"))? = true;
-    }
-    let canonical = md
+    let index = md
         .metadata()
         .file_metadata()
         .schema_descr()
         .columns()
         .iter()
-        .position(|c| c.name() == "canonical")
-        .ok_or_else(|| format!("{segment} has no canonical column"))?;
-    let mask = ProjectionMask::leaves(md.metadata().file_metadata().schema_descr(), [canonical]);
-    let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, md)
-        .with_projection(mask)
-        .with_row_selection(RowSelection::from(selectors(&keep)))
-        .build()
-        .map_err(|e| format!("{segment}: {e}"))?;
-    let mut out = Vec::with_capacity(rows.len());
+        .position(|c| c.name() == column)
+        .ok_or_else(|| format!("{segment} has no {column} column"))?;
+    let mask = ProjectionMask::leaves(md.metadata().file_metadata().schema_descr(), [index]);
+    let mut builder =
+        ParquetRecordBatchStreamBuilder::new_with_metadata(reader, md).with_projection(mask);
+    if let Some(rows) = rows {
+        let mut keep = vec![false; total];
+        for r in rows {
+            *keep
+                .get_mut(*r as usize)
+                .ok_or_else(|| format!("{segment} has no row {r}"))? = true;
+        }
+        builder = builder.with_row_selection(RowSelection::from(selectors(&keep)));
+    }
+    let mut stream = builder.build().map_err(|e| format!("{segment}: {e}"))?;
+    let mut out = Vec::with_capacity(rows.map_or(total, <[u64]>::len));
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| format!("{segment}: {e}"))?;
-        let col = batch
-            .column(0)
+        let col = batch.column(0);
+        if let Some(b) = col.as_any().downcast_ref::<BinaryArray>() {
+            out.extend((0..b.len()).map(|i| b.value(i).to_vec()));
+        } else if let Some(b) = col
             .as_any()
-            .downcast_ref::<BinaryArray>()
-            .ok_or_else(|| format!("{segment}: canonical is not binary"))?;
-        out.extend((0..col.len()).map(|i| col.value(i).to_vec()));
+            .downcast_ref::<arrow_array::FixedSizeBinaryArray>()
+        {
+            out.extend((0..b.len()).map(|i| b.value(i).to_vec()));
+        } else {
+            return Err(format!("{segment}: {column} is not binary"));
+        }
     }
-    if out.len() != rows.len() {
-        return Err(format!(
-            "{segment}: read {} of {} rows",
-            out.len(),
-            rows.len()
-        ));
+    let want = rows.map_or(total, <[u64]>::len);
+    if out.len() != want {
+        return Err(format!("{segment}: read {} of {want} rows", out.len()));
     }
     Ok(out)
 }

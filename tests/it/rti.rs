@@ -299,3 +299,179 @@ fn a_rebuilt_index_is_byte_for_byte_the_stored_one(backend: Backend) {
     );
 }
 both!(a_rebuilt_index_is_byte_for_byte_the_stored_one);
+
+/// Rewrites a package zip: `edit` changes the map of (path in the bag → bytes).
+fn rezip(
+    zip_bytes: &[u8],
+    edit: impl FnOnce(&mut std::collections::BTreeMap<String, Vec<u8>>),
+) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut z = zip::ZipArchive::new(std::io::Cursor::new(zip_bytes)).unwrap();
+    let mut files = std::collections::BTreeMap::new();
+    for i in 0..z.len() {
+        let mut f = z.by_index(i).unwrap();
+        let mut b = Vec::new();
+        f.read_to_end(&mut b).unwrap();
+        files.insert(f.name().unwrap().into_owned(), b);
+    }
+    edit(&mut files);
+    let mut out = std::io::Cursor::new(Vec::new());
+    let mut w = zip::ZipWriter::new(&mut out);
+    for (name, body) in files {
+        w.start_file(name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        w.write_all(&body).unwrap();
+    }
+    w.finish().unwrap();
+    out.into_inner()
+}
+
+fn sha(b: &[u8]) -> String {
+    hex::encode(wormvault::merkle::sha256(b))
+}
+
+fn a_package_validates_independently_and_any_change_fails(backend: Backend) {
+    let t = Target::new(backend);
+    let settings = anchored_settings(&t);
+    let mut rng = Rng(4242);
+    import_text(&t, &settings, events(&mut rng, "p", &DAYS, 200));
+    let anchorer =
+        t.rt.block_on(Anchorer::from_settings(&settings, t.store()))
+            .unwrap()
+            .unwrap();
+    t.rt.block_on(anchorer.anchor_through(Timestamp::now().day().prev()))
+        .unwrap();
+    let a = settings.anchor.as_ref().unwrap();
+    let signer = a.load_signer().unwrap();
+    let request = wormvault::rti::Request {
+        case_id: "FINRA-2026-0042".into(),
+        requester: "examinations desk".into(),
+        filter: Filter {
+            subject_id: Some("T-2".into()),
+            ..Filter::default()
+        },
+    };
+    let store = t.store();
+    let package =
+        t.rt.block_on(wormvault::rti::export(
+            &store,
+            &settings.layout,
+            &a.accepted_keys(),
+            &signer,
+            &request,
+        ))
+        .unwrap();
+    let want = brute_force(&t)
+        .iter()
+        .filter(|(e, _)| e.subject_id == "T-2")
+        .count();
+    assert!(want > 5);
+    assert_eq!(package.records, want);
+    let firm = [signer.verifier()];
+    let check = wormvault::rti::verify(&package.zip, &firm);
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+    assert_eq!(check.records, want);
+
+    // Independently: the bagit validator, and DuckDB reading Parquet and CSV.
+    let dir = t.dir.path().join("unzipped");
+    let mut z = zip::ZipArchive::new(std::io::Cursor::new(&package.zip)).unwrap();
+    z.extract(&dir).unwrap();
+    let report = crate::util::python(
+        "check_package.py",
+        &[dir.join("FINRA-2026-0042").to_str().unwrap()],
+    );
+    assert_eq!(report["bagit_valid"], true, "{report}");
+    assert_eq!(report["records"], want);
+    assert_eq!(report["parquet_equals_csv"], true);
+    assert_eq!(report["subjects"], serde_json::json!(["T-2"]));
+
+    let fails = |zip: Vec<u8>, what: &str| {
+        let c = wormvault::rti::verify(&zip, &firm);
+        assert!(!c.problems.is_empty(), "{what} was not detected");
+    };
+    // Any one file changed (one byte), or removed.
+    let names: Vec<String> = {
+        let z = zip::ZipArchive::new(std::io::Cursor::new(&package.zip)).unwrap();
+        z.file_names().map(|n| n.unwrap().into_owned()).collect()
+    };
+    assert!(names.len() >= 12, "{names:?}");
+    for name in &names {
+        fails(
+            rezip(&package.zip, |f| {
+                let b = f.get_mut(name).unwrap();
+                let at = b.len() / 2;
+                b[at] ^= 0x01;
+            }),
+            &format!("a changed byte in {name}"),
+        );
+        fails(
+            rezip(&package.zip, |f| {
+                f.remove(name);
+            }),
+            &format!("removing {name}"),
+        );
+    }
+    // A file added.
+    fails(
+        rezip(&package.zip, |f| {
+            f.insert("FINRA-2026-0042/data/extra.txt".into(), b"added".to_vec());
+        }),
+        "an added file",
+    );
+    // A record removed, with every checksum recomputed to match: only the signature is left
+    // to catch it.
+    let forged = rezip(&package.zip, |f| {
+        let root = "FINRA-2026-0042/";
+        for name in ["data/records.jsonl", "data/proofs.jsonl"] {
+            let b = f.get_mut(&format!("{root}{name}")).unwrap();
+            let keep = b[..b.len() - 1].iter().rposition(|c| *c == b'\n').unwrap() + 1;
+            b.truncate(keep);
+        }
+        let manifest: String = f
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix(root)
+                    .filter(|p| p.starts_with("data/"))
+                    .map(|p| format!("{}  {p}\n", sha(v)))
+            })
+            .collect();
+        f.insert(format!("{root}manifest-sha256.txt"), manifest.into_bytes());
+        let tags: String = [
+            "bag-info.txt",
+            "bagit.txt",
+            "manifest-sha256.txt",
+            "package.note",
+        ]
+        .iter()
+        .map(|p| format!("{}  {p}\n", sha(&f[&format!("{root}{p}")])))
+        .collect();
+        f.insert(format!("{root}tagmanifest-sha256.txt"), tags.into_bytes());
+    });
+    fails(forged, "a removed record with recomputed checksums");
+    // Re-signed by someone else: refused when the firm's key is pinned.
+    let other = wormvault::note::SignerKey::generate("not-the-firm").unwrap();
+    let resigned = rezip(&package.zip, |f| {
+        let root = "FINRA-2026-0042/";
+        let note = String::from_utf8(f[&format!("{root}package.note")].clone()).unwrap();
+        let text = &note[..note.find("\n\n").unwrap() + 1];
+        f.insert(format!("{root}package.note"), other.sign(text).into_bytes());
+    });
+    fails(resigned, "a package signed by another key");
+
+    // A filter that names nothing is refused; so is a record on a day not yet anchored.
+    let unbounded = wormvault::rti::Request {
+        filter: Filter::default(),
+        ..request.clone()
+    };
+    assert!(
+        t.rt.block_on(wormvault::rti::export(
+            &store,
+            &settings.layout,
+            &a.accepted_keys(),
+            &signer,
+            &unbounded
+        ))
+        .is_err()
+    );
+}
+both!(a_package_validates_independently_and_any_change_fails);
