@@ -337,7 +337,8 @@ impl Anchorer {
     }
 
     /// Anchors every day not yet anchored up to and including `day`, in order: from the day
-    /// after the last anchor, or, for the first anchor, from the first day with manifests.
+    /// after the last anchor, or, for the first anchor, from the first day with manifests
+    /// (with no records up to `day`, there is nothing to anchor yet).
     pub async fn anchor_through(&self, day: Day) -> Result<Vec<Anchored>, AnchorError> {
         if day >= Timestamp::now().day() {
             return Err(AnchorError::NotOver { day });
@@ -373,15 +374,19 @@ impl Anchorer {
                 (last.next(), Some(merkle::sha256(&a.bytes)))
             }
             None => {
+                // The chain starts on the first day with records; before it there is
+                // nothing to anchor.
                 let first = self
                     .store
                     .list_dirs(&self.layout.manifests_prefix())
                     .await?
                     .iter()
                     .filter_map(|d| Layout::day_of_dir(d))
-                    .next()
-                    .map_or(day, |f| f.min(day));
-                (first, None)
+                    .next();
+                match first {
+                    Some(f) if f <= day => (f, None),
+                    _ => return Ok(Vec::new()),
+                }
             }
         };
         let mut out = Vec::new();

@@ -373,6 +373,201 @@ pub fn sweep_bench(gb: f64, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Total size of the files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                dir_bytes(&p)
+            } else {
+                e.metadata().map_or(0, |m| m.len())
+            }
+        })
+        .sum()
+}
+
+/// `wormvault bench rti`: see the command's help and docs/BENCHMARKS.md.
+pub fn rti_bench(events: u64, days: u32, dir: &Path, python: &Path) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let config = dir.join("rti-bench.toml");
+    let key = dir.join("anchor.key");
+    if !key.exists() {
+        let k = crate::note::SignerKey::generate("rti-bench").map_err(|e| e.to_string())?;
+        std::fs::write(&key, k.to_secret_string()).map_err(|e| e.to_string())?;
+    }
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}
+[store.local]
+path = {:?}
+[anchor]
+signing_key = {:?}
+close_after = \"36500d\"\ndelay = \"36501d\"\n",
+            dir.join("state").display().to_string(),
+            dir.join("archive").display().to_string(),
+            key.display().to_string()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let run = |args: &[&str]| -> Result<std::time::Duration, String> {
+        let started = std::time::Instant::now();
+        let out = std::process::Command::new(&exe)
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("WORMVAULT_LOG", "error")
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(started.elapsed())
+    };
+    let file = dir.join("events.ndjson");
+    let yesterday = Timestamp::now().day().prev();
+    let start = (0..days).fold(yesterday, |d, _| d.prev()).next();
+    if !dir.join("archive").join("segments").exists() {
+        println!("generating {events} events over {days} days ...");
+        generate(&file, events, start, days, 7).map_err(|e| e.to_string())?;
+        let t = run(&["archive", file.to_str().ok_or("path")?])?;
+        println!("archived in {:.1} s", t.as_secs_f64());
+        let t = run(&["anchor"])?;
+        println!(
+            "anchored and indexed {days} days in {:.1} s",
+            t.as_secs_f64()
+        );
+    }
+    let segments = dir_bytes(&dir.join("archive").join("segments"));
+    let indexes = dir_bytes(&dir.join("archive").join("index"));
+    // A subject with events: the one of a generated event.
+    let mut line = String::new();
+    let mut rng = Rng::new(7);
+    event_json(&mut rng, 0, start, days, &mut line);
+    let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| e.to_string())?;
+    let (st, si) = (
+        v["subject"]["type"].as_str().unwrap_or_default().to_owned(),
+        v["subject"]["id"].as_str().unwrap_or_default().to_owned(),
+    );
+    let settings = crate::config::Settings::load(Some(&config), std::env::vars())
+        .map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let store = rt
+        .block_on(crate::archive::open_store(&settings))
+        .map_err(|e| e.to_string())?;
+    let filter = crate::retrieve::Filter {
+        subject_type: Some(st.clone()),
+        subject_id: Some(si.clone()),
+        ..Default::default()
+    };
+    let mut best = f64::MAX;
+    let mut outcome = None;
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let o = rt.block_on(crate::retrieve::query(&store, &settings.layout, &filter))?;
+        best = best.min(started.elapsed().as_secs_f64());
+        outcome = Some(o);
+    }
+    let o = outcome.expect("ran");
+    println!(
+        "archive: {:.2} GB of segments ({:.0} MB of record indexes, {:.1} %)",
+        segments as f64 / 1e9,
+        indexes as f64 / 1e6,
+        indexes as f64 / segments as f64 * 100.0
+    );
+    println!(
+        "query {st}/{si} over all days: {} records in {:.3} s (best of 3); read {} bytes = {:.4} % of the segments; {} days from indexes, {} scanned",
+        o.records.len(),
+        best,
+        o.bytes_read,
+        o.bytes_read as f64 / segments as f64 * 100.0,
+        o.indexed_days,
+        o.scanned_days
+    );
+    // The same query in DuckDB over the Hive layout.
+    let script = format!(
+        "import duckdb, time\ncon = duckdb.connect()\nq = \"select count(*) from read_parquet('{}/archive/segments/*/*.parquet', hive_partitioning=true) where subject_type = '{st}' and subject_id = '{si}'\"\nbest = 1e9\nfor _ in range(3):\n    t = time.time(); n = con.execute(q).fetchone()[0]; best = min(best, time.time() - t)\nprint(n, best)\n",
+        dir.display()
+    );
+    match std::process::Command::new(python)
+        .args(["-c", &script])
+        .output()
+    {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mut parts = text.split_whitespace();
+            let n = parts.next().unwrap_or("?").to_owned();
+            let secs: f64 = parts
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(f64::NAN);
+            println!(
+                "duckdb, same query over the Hive layout: {n} records in {secs:.3} s (best of 3); wormvault / duckdb time = {:.3}",
+                best / secs
+            );
+        }
+        Ok(out) => println!(
+            "duckdb comparison failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => println!("duckdb comparison skipped ({}: {e})", python.display()),
+    }
+    // An export of about 10,000 records: one service's events over part of a day.
+    let day = start.next().next();
+    let from = day.start();
+    let to = from.plus_micros(12 * 3600 * 1_000_000);
+    let filter = crate::retrieve::Filter {
+        actor_id: Some("svc-oms".into()),
+        from: Some(from),
+        to: Some(to),
+        ..Default::default()
+    };
+    let anchor = settings.anchor.as_ref().ok_or("no [anchor]")?;
+    let signer = anchor.load_signer()?;
+    let request = crate::rti::Request {
+        case_id: "BENCH-1".into(),
+        requester: "bench".into(),
+        filter,
+    };
+    let started = std::time::Instant::now();
+    let p = rt.block_on(crate::rti::export(
+        &store,
+        &settings.layout,
+        &anchor.accepted_keys(),
+        &signer,
+        &request,
+    ))?;
+    let export_secs = started.elapsed().as_secs_f64();
+    println!(
+        "export: {} records into a {:.1} MB package in {export_secs:.2} s",
+        p.records,
+        p.zip.len() as f64 / 1e6
+    );
+    let started = std::time::Instant::now();
+    let check = crate::rti::verify(&p.zip, &[signer.verifier()]);
+    println!(
+        "rti verify of that package: {} in {:.2} s",
+        if check.problems.is_empty() {
+            "valid"
+        } else {
+            "INVALID"
+        },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// The process's peak resident set size in bytes (`VmHWM`), if the platform reports it.
 pub fn peak_rss_bytes() -> Option<u64> {
     peak_rss_of("self")

@@ -167,6 +167,12 @@ pub enum RtiCommand {
     Query {
         #[command(flatten)]
         filter: FilterArgs,
+        /// The case the retrieval is for (recorded in the archive with the retrieval).
+        #[arg(long, default_value = "ad-hoc")]
+        case: String,
+        /// Who asks (recorded with the retrieval).
+        #[arg(long, env = "USER", default_value = "unknown")]
+        requester: String,
     },
     /// Write a self-verifying package (a zipped BagIt bag) of the matching records for a case:
     /// CSV, Parquet and JSONL, one proof per record, the manifests, anchors and keys, a README.
@@ -191,61 +197,7 @@ pub enum RtiCommand {
     },
 }
 
-/// What to retrieve. Every given field must match exactly.
-#[derive(Debug, clap::Args)]
-pub struct FilterArgs {
-    #[arg(long)]
-    pub subject_type: Option<String>,
-    #[arg(long)]
-    pub subject_id: Option<String>,
-    #[arg(long)]
-    pub actor_id: Option<String>,
-    #[arg(long)]
-    pub event_id: Option<String>,
-    #[arg(long)]
-    pub action: Option<String>,
-    #[arg(long)]
-    pub source: Option<String>,
-    /// Events that occurred at or after this instant (RFC 3339) or day (YYYY-MM-DD).
-    #[arg(long)]
-    pub from: Option<String>,
-    /// Events that occurred before this instant or day.
-    #[arg(long)]
-    pub to: Option<String>,
-}
-
-impl FilterArgs {
-    pub fn to_filter(&self) -> Result<crate::retrieve::Filter, String> {
-        let when = |s: &Option<String>,
-                    what: &str|
-         -> Result<Option<crate::timestamp::Timestamp>, String> {
-            match s {
-                None => Ok(None),
-                Some(s) => Day::parse(s)
-                    .map(|d| d.start())
-                    .or_else(|| crate::timestamp::Timestamp::parse_rfc3339(s).ok())
-                    .map(Some)
-                    .ok_or_else(|| {
-                        format!("--{what} must be a day or an RFC 3339 instant, not {s:?}")
-                    }),
-            }
-        };
-        let f = crate::retrieve::Filter {
-            subject_type: self.subject_type.clone(),
-            subject_id: self.subject_id.clone(),
-            actor_id: self.actor_id.clone(),
-            event_id: self.event_id.clone(),
-            action: self.action.clone(),
-            source: self.source.clone(),
-            from: when(&self.from, "from")?,
-            to: when(&self.to, "to")?,
-        };
-        if f.is_unbounded() {
-            return Err("name at least one of --subject-type, --subject-id, --actor-id, --event-id, --action, --source".into());
-        }
-        Ok(f)
-    }
-}
+pub use crate::retrieve::FilterParams as FilterArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
@@ -303,6 +255,21 @@ pub enum BenchCommand {
         /// Work directory, kept between runs (the archive is built only once).
         #[arg(long)]
         dir: PathBuf,
+    },
+    /// Build a local archive of `--events` over `--days` (once, in `--dir`), anchor and index
+    /// it, then time one subject's query (latency, bytes read), the same query in DuckDB, and
+    /// an export of about 10,000 records.
+    Rti {
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Work directory, kept between runs (the archive is built only once).
+        #[arg(long)]
+        dir: PathBuf,
+        /// A Python with duckdb, for the comparison (default: the test tools' venv).
+        #[arg(long, default_value = ".cache/tools-venv/bin/python")]
+        python: PathBuf,
     },
     /// Single-thread cost of each pipeline stage, in microseconds per event.
     Stages {
@@ -393,11 +360,15 @@ pub fn run(cli: Cli) -> ExitCode {
             rti_export_cmd(settings, case, requester, &filter, &out)
         }
         Command::Rti(RtiCommand::Verify { file, keys }) => rti_verify_cmd(&file, &keys),
-        Command::Rti(RtiCommand::Query { filter }) => {
+        Command::Rti(RtiCommand::Query {
+            filter,
+            case,
+            requester,
+        }) => {
             let Ok(settings) = load_settings(cli.config.as_deref()) else {
                 return ExitCode::from(2);
             };
-            rti_query_cmd(settings, &filter)
+            rti_query_cmd(settings, &filter, &case, &requester)
         }
         Command::Verify {
             full,
@@ -480,6 +451,18 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
+        Command::Bench(BenchCommand::Rti {
+            events,
+            days,
+            dir,
+            python,
+        }) => match crate::bench::rti_bench(events, days, &dir, &python) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Bench(BenchCommand::Sweep { gb, dir }) => {
             match crate::bench::sweep_bench(gb, &dir) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -769,12 +752,26 @@ fn rti_export_cmd(
         }
     };
     let keys = anchor.accepted_keys();
+    if let Err(e) = crate::rti::check_case_id(&case) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let request = crate::rti::Request {
         case_id: case,
         requester,
         filter,
     };
     let rt = runtime();
+    let audit = crate::retrieve::audit_event(
+        &format!("cli:{}", request.requester),
+        "rti.export",
+        &request.case_id,
+        &request.filter,
+        None,
+    );
+    if let Err(code) = record_cli_retrieval(&rt, &settings, audit) {
+        return code;
+    }
     let result = rt.block_on(async {
         let store = crate::archive::open_store(&settings)
             .await
@@ -940,7 +937,37 @@ fn index_rebuild_cmd(settings: Settings, day: Option<String>) -> ExitCode {
     }
 }
 
-fn rti_query_cmd(settings: Settings, filter: &FilterArgs) -> ExitCode {
+/// Archives the event that records a retrieval from the command line, through this
+/// configuration's writer, before anything is retrieved.
+fn record_cli_retrieval(
+    rt: &tokio::runtime::Runtime,
+    settings: &Settings,
+    event: String,
+) -> Result<(), ExitCode> {
+    let archive = open_archive(rt, settings.clone())?;
+    let summary = import(
+        &archive,
+        Box::new(std::io::Cursor::new(event.into_bytes())),
+        rt.handle(),
+        UploadPatience::default(),
+        &mut |_| {},
+    );
+    match summary {
+        Ok(s) if s.accepted == 1 => Ok(()),
+        Ok(_) => {
+            eprintln!(
+                "error: the retrieval could not be recorded in the archive; nothing was retrieved"
+            );
+            Err(ExitCode::from(2))
+        }
+        Err(e) => {
+            eprintln!("error: recording the retrieval in the archive: {e}; nothing was retrieved");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn rti_query_cmd(settings: Settings, filter: &FilterArgs, case: &str, requester: &str) -> ExitCode {
     let filter = match filter.to_filter() {
         Ok(f) => f,
         Err(e) => {
@@ -949,6 +976,16 @@ fn rti_query_cmd(settings: Settings, filter: &FilterArgs) -> ExitCode {
         }
     };
     let rt = runtime();
+    let audit = crate::retrieve::audit_event(
+        &format!("cli:{requester}"),
+        "rti.query",
+        case,
+        &filter,
+        None,
+    );
+    if let Err(code) = record_cli_retrieval(&rt, &settings, audit) {
+        return code;
+    }
     let result = rt.block_on(async {
         let store = crate::archive::open_store(&settings)
             .await

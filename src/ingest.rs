@@ -4,6 +4,8 @@
 //! |--------|---------------|--------|------|
 //! | POST   | `/v1/events`  | ingest | archive one event (`application/json`), a JSON array of events, or NDJSON (`application/x-ndjson`) |
 //! | POST   | `/v1/flush`   | admin  | seal every open batch now and wait (up to 60 s) until it is in the store |
+//! | GET    | `/v1/records` | compliance | the records matching a filter, as NDJSON (docs/API.md) |
+//! | POST   | `/v1/rti/exports` | compliance | a Response-to-Inquiry package (a zip) for a case |
 //! | GET    | `/healthz`    | —      | the process is alive |
 //! | GET    | `/readyz`     | —      | the store is reachable and the bucket is fit (versioning, COMPLIANCE default retention) |
 //! | GET    | `/metrics`    | —      | Prometheus metrics |
@@ -83,12 +85,25 @@ pub struct Shared {
     pub draining: AtomicBool,
     pub readiness: std::sync::RwLock<Readiness>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// What retrieval needs; `None` when the daemon does not serve it.
+    pub rti: Option<RtiContext>,
+}
+
+/// The archive as retrieval reads it.
+pub struct RtiContext {
+    pub store: Arc<dyn crate::store::WormStore>,
+    pub layout: crate::layout::Layout,
+    pub keys: Vec<crate::note::VerifierKey>,
+    /// Signs packages; without it exports are refused.
+    pub signer: Option<Arc<crate::note::SignerKey>>,
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/events", post(post_events))
         .route("/v1/flush", post(post_flush))
+        .route("/v1/records", get(get_records))
+        .route("/v1/rti/exports", post(post_export))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -435,6 +450,255 @@ fn results(slots: &[Slot], outcomes: Vec<EventOutcome>) -> Response {
         body.to_string(),
     )
         .into_response()
+}
+
+/// The query string of `GET /v1/records`.
+#[derive(Debug, Default, serde::Deserialize)]
+struct RecordsQuery {
+    #[serde(flatten)]
+    filter: crate::retrieve::FilterParams,
+    /// At most this many records (default 1000, at most 100000).
+    limit: Option<usize>,
+    /// Where the previous page ended (`Wormvault-Next-Cursor`).
+    cursor: Option<String>,
+    /// The case the retrieval is for (recorded in the audit event).
+    case: Option<String>,
+}
+
+/// Records a retrieval as an event in the archive before anything is returned: if it cannot
+/// be recorded, nothing is returned.
+async fn record_retrieval(shared: &Shared, event: String) -> Result<(), Box<Response>> {
+    let unavailable = |why: &str| {
+        Box::new(retry_after(
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the retrieval could not be recorded in the archive ({why}); nothing was returned"
+                ),
+            ),
+            5,
+        ))
+    };
+    let (_, items) =
+        parse_body(shared, Framing::Json, event.as_bytes()).map_err(|e| unavailable(&e))?;
+    let (tx, rx) = oneshot::channel();
+    if shared
+        .commands
+        .send(Command::Ingest { items, reply: tx })
+        .is_err()
+    {
+        return Err(unavailable("the daemon is shutting down"));
+    }
+    match rx.await {
+        Ok(IngestReply::Done(outcomes)) => match outcomes.into_iter().next() {
+            Some(EventOutcome::Accepted { .. }) => Ok(()),
+            Some(EventOutcome::Rejected(e)) => Err(unavailable(&e.reason)),
+            _ => Err(unavailable("not accepted")),
+        },
+        _ => Err(unavailable("the spool cannot take it")),
+    }
+}
+
+async fn get_records(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    headers: HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let principal = match authorize(&shared, &headers, Role::Compliance, peer, "/v1/records") {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let Some(rti) = &shared.rti else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "retrieval is not served by this daemon",
+        );
+    };
+    let q: RecordsQuery = match serde_urlencoded_query(query.as_deref().unwrap_or("")) {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let filter = match q.filter.to_filter() {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let limit = q.limit.unwrap_or(1000).clamp(1, 100_000);
+    let after = match q.cursor.as_deref().map(parse_cursor) {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let case = q.case.unwrap_or_else(|| "ad-hoc".into());
+    let audit = crate::retrieve::audit_event(&principal, "rti.query", &case, &filter, None);
+    if let Err(r) = record_retrieval(&shared, audit).await {
+        return *r;
+    }
+    tracing::info!(principal = %principal, peer = %peer, case = %case, filter = %serde_json::to_string(&filter).unwrap_or_default(), "Records retrieved.");
+    let outcome = match crate::retrieve::query(&rti.store, &rti.layout, &filter).await {
+        Ok(o) => o,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let mut page = outcome
+        .records
+        .iter()
+        .filter(|r| {
+            after
+                .as_ref()
+                .is_none_or(|(t, id)| (r.occurred_at, &r.event_id) > (*t, id))
+        })
+        .take(limit + 1)
+        .collect::<Vec<_>>();
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let mut body = String::new();
+    for r in &page {
+        body.push_str(&crate::retrieve::record_line(r));
+        body.push('\n');
+    }
+    let mut resp = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        body,
+    )
+        .into_response();
+    if more && let Some(last) = page.last() {
+        let cursor = format!("{}.{}", last.occurred_at.as_micros(), last.event_id);
+        if let Ok(v) = HeaderValue::from_str(&cursor) {
+            resp.headers_mut().insert("wormvault-next-cursor", v);
+        }
+    }
+    resp
+}
+
+fn parse_cursor(c: &str) -> Result<(Timestamp, String), String> {
+    let (t, id) = c
+        .split_once('.')
+        .ok_or("a cursor is what Wormvault-Next-Cursor said")?;
+    let t: i64 = t
+        .parse()
+        .map_err(|_| "a cursor is what Wormvault-Next-Cursor said")?;
+    Ok((Timestamp::from_micros(t), id.to_owned()))
+}
+
+/// Parses a query string into `T` (percent-decoding keys and values).
+fn serde_urlencoded_query<T: serde::de::DeserializeOwned>(q: &str) -> Result<T, String> {
+    let mut map = serde_json::Map::new();
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let dec = |s: &str| -> Result<String, String> {
+            let s = s.replace('+', " ");
+            let mut out = Vec::new();
+            let b = s.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                if b[i] == b'%' && i + 2 < b.len() {
+                    let h = std::str::from_utf8(&b[i + 1..i + 3]).map_err(|_| "bad escape")?;
+                    out.push(u8::from_str_radix(h, 16).map_err(|_| format!("bad escape %{h}"))?);
+                    i += 3;
+                } else {
+                    out.push(b[i]);
+                    i += 1;
+                }
+            }
+            String::from_utf8(out).map_err(|_| "the query string is not UTF-8".to_string())
+        };
+        let (k, v) = (dec(k)?, dec(v)?);
+        let value = if k == "limit" {
+            serde_json::Value::from(
+                v.parse::<u64>()
+                    .map_err(|_| format!("limit {v:?} is not a number"))?,
+            )
+        } else {
+            serde_json::Value::from(v)
+        };
+        if map.insert(k.clone(), value).is_some() {
+            return Err(format!("{k} is given twice"));
+        }
+    }
+    serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| e.to_string())
+}
+
+/// The body of `POST /v1/rti/exports`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportRequest {
+    case_id: String,
+    filter: crate::retrieve::FilterParams,
+}
+
+async fn post_export(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<PeerAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let principal = match authorize(&shared, &headers, Role::Compliance, peer, "/v1/rti/exports") {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let Some(rti) = &shared.rti else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "retrieval is not served by this daemon",
+        );
+    };
+    let Some(signer) = &rti.signer else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "exports need anchor.signing_key; this daemon has none",
+        );
+    };
+    let bytes = match axum::body::to_bytes(body, 1 << 20).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request is larger than 1 MiB",
+            );
+        }
+    };
+    let req: ExportRequest = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"case_id\": ..., \"filter\": {{...}}}}: {e}"),
+            );
+        }
+    };
+    let filter = match req.filter.to_filter() {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if let Err(e) = crate::rti::check_case_id(&req.case_id) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    let audit = crate::retrieve::audit_event(&principal, "rti.export", &req.case_id, &filter, None);
+    if let Err(r) = record_retrieval(&shared, audit).await {
+        return *r;
+    }
+    tracing::info!(principal = %principal, peer = %peer, case = %req.case_id, "Package exported.");
+    let request = crate::rti::Request {
+        case_id: req.case_id.clone(),
+        requester: principal,
+        filter,
+    };
+    match crate::rti::export(&rti.store, &rti.layout, &rti.keys, signer, &request).await {
+        Ok(p) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "application/zip".to_owned()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"{}.zip\"", req.case_id),
+                ),
+            ],
+            p.zip,
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::CONFLICT, e),
+    }
 }
 
 async fn post_flush(

@@ -127,6 +127,89 @@ impl Filter {
     }
 }
 
+/// A filter as people write it: on the command line (`--subject-id T-1 --from 2026-11-01`) or
+/// in a query string (`?subject_id=T-1&from=2026-11-01`).
+#[derive(Clone, Debug, Default, clap::Args, serde::Deserialize)]
+pub struct FilterParams {
+    #[arg(long)]
+    pub subject_type: Option<String>,
+    #[arg(long)]
+    pub subject_id: Option<String>,
+    #[arg(long)]
+    pub actor_id: Option<String>,
+    #[arg(long)]
+    pub event_id: Option<String>,
+    #[arg(long)]
+    pub action: Option<String>,
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Events that occurred at or after this instant (RFC 3339) or day (YYYY-MM-DD).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Events that occurred before this instant or day.
+    #[arg(long)]
+    pub to: Option<String>,
+}
+
+impl FilterParams {
+    /// The filter; refused when it names nothing (that would be the whole archive).
+    pub fn to_filter(&self) -> Result<Filter, String> {
+        let when = |s: &Option<String>, what: &str| -> Result<Option<Timestamp>, String> {
+            match s {
+                None => Ok(None),
+                Some(s) => Day::parse(s)
+                    .map(|d| d.start())
+                    .or_else(|| Timestamp::parse_rfc3339(s).ok())
+                    .map(Some)
+                    .ok_or_else(|| {
+                        format!("{what} must be a day or an RFC 3339 instant, not {s:?}")
+                    }),
+            }
+        };
+        let f = Filter {
+            subject_type: self.subject_type.clone(),
+            subject_id: self.subject_id.clone(),
+            actor_id: self.actor_id.clone(),
+            event_id: self.event_id.clone(),
+            action: self.action.clone(),
+            source: self.source.clone(),
+            from: when(&self.from, "from")?,
+            to: when(&self.to, "to")?,
+        };
+        if f.is_unbounded() {
+            return Err(
+                "name at least one of subject_type, subject_id, actor_id, event_id, action, source"
+                    .into(),
+            );
+        }
+        Ok(f)
+    }
+}
+
+/// The event that records a retrieval in the archive (who looked at what): actor the
+/// requesting principal, action `rti.query` or `rti.export`, subject the case.
+pub fn audit_event(
+    principal: &str,
+    action: &str,
+    case: &str,
+    filter: &Filter,
+    records: Option<usize>,
+) -> String {
+    let mut id = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut id));
+    serde_json::json!({
+        "event_id": format!("{action}-{}-{}", Timestamp::now().as_micros(), hex::encode(id)),
+        "occurred_at": Timestamp::now(),
+        "actor": {"type": "SERVICE", "id": principal},
+        "action": action,
+        "subject": {"type": "rti-case", "id": case},
+        "source": "API",
+        "payload": {"filter": filter, "records": records},
+    })
+    .to_string()
+}
+
 /// One event as the index knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {

@@ -109,7 +109,24 @@ pub async fn run(
         }),
     ));
 
+    // Retrieval reads the same store; packages are signed with the anchor key, if this
+    // daemon has it.
+    let rti = Some(crate::ingest::RtiContext {
+        store: archive.store.clone(),
+        layout: settings.layout.clone(),
+        keys: settings
+            .anchor
+            .as_ref()
+            .map(|a| a.accepted_keys())
+            .unwrap_or_default(),
+        signer: settings
+            .anchor
+            .as_ref()
+            .and_then(|a| a.signing_key.as_ref().and(a.load_signer().ok()))
+            .map(Arc::new),
+    });
     let shared = Arc::new(Shared {
+        rti,
         commands: cmd_tx.clone(),
         auth: Auth::new(tokens),
         retention: settings.retention.clone(),

@@ -1135,7 +1135,7 @@ fn two_daemons_racing_to_anchor_leave_one_anchor_per_day() {
             admin
                 .list_objects_v2()
                 .bucket(&bucket)
-                .prefix(format!("manifests/dt={}/ingest-b-", now.day()))
+                .prefix(format!("manifests/dt={}/", now.day()))
                 .send(),
         )
         .unwrap();
@@ -1149,4 +1149,143 @@ fn two_daemons_racing_to_anchor_leave_one_anchor_per_day() {
     }
     // The whole archive, anchors included, sweeps clean.
     cli_succeeds(&daemons[1].config, &["verify", "--no-report"]);
+}
+
+/// Retrieval over HTTP: compliance only (refusals logged), NDJSON pages with a cursor, a
+/// package for a case, and every retrieval recorded as an event that is itself retrievable.
+#[test]
+fn retrieval_is_for_compliance_only_and_is_itself_archived() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let key = wormvault::note::SignerKey::generate("retrieval-test").unwrap();
+    let key_path = dir.path().join("anchor.key");
+    std::fs::write(&key_path, key.to_secret_string()).unwrap();
+    let extra = format!(
+        "[anchor]\nsigning_key = {:?}\nclose_after = \"100000d\"\ndelay = \"100001d\"\n",
+        key_path.display().to_string()
+    );
+    let tokens = Arc::new(Tokens::new());
+    let mut d = Daemon::start(dir.path(), &local_store(dir.path()), &extra, tokens.clone());
+    let c = d.client();
+    let wanted: Vec<String> = (0..12)
+        .map(|i| {
+            event(
+                &format!("w-{i:02}"),
+                "2026-11-20T10:00:00Z",
+                "trade.new",
+                "T-9",
+            )
+        })
+        .chain((0..5).map(|i| {
+            event(
+                &format!("o-{i:02}"),
+                "2026-11-20T11:00:00Z",
+                "trade.new",
+                "T-8",
+            )
+        }))
+        .collect();
+    assert_eq!(
+        rt.block_on(c.post_events(&tokens.ingest, ndjson(&wanted)))
+            .unwrap()
+            .json()["accepted"],
+        17
+    );
+    assert_eq!(
+        rt.block_on(c.flush(&tokens.admin)).unwrap().json()["uploaded"],
+        true
+    );
+    let get = |token: &str, path: &str| {
+        rt.block_on(c.send(
+            "GET",
+            path,
+            &[("authorization", &format!("Bearer {token}"))],
+            Bytes::new(),
+        ))
+        .unwrap()
+    };
+    // Only the compliance role retrieves; refusals are logged.
+    assert_eq!(
+        get(&tokens.ingest, "/v1/records?subject_id=T-9").status,
+        403
+    );
+    assert_eq!(get(&tokens.admin, "/v1/records?subject_id=T-9").status, 403);
+    let export = |token: &str| {
+        rt.block_on(c.send(
+            "POST",
+            "/v1/rti/exports",
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("content-type", "application/json"),
+            ],
+            Bytes::from(r#"{"case_id":"CASE-7","filter":{"subject_id":"T-9"}}"#),
+        ))
+        .unwrap()
+    };
+    assert_eq!(export(&tokens.ingest).status, 403);
+    assert!(
+        d.logs().contains("/v1/records") && d.logs().contains("/v1/rti/exports"),
+        "refusals are logged"
+    );
+    // Pages of 5, following the cursor.
+    let mut ids = Vec::new();
+    let mut path = "/v1/records?subject_id=T-9&limit=5&case=CASE-7".to_string();
+    loop {
+        let r = get(&tokens.compliance, &path);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        for line in std::str::from_utf8(&r.body).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["event"]["subject"]["id"], "T-9");
+            assert!(v["proof"].as_str().unwrap().starts_with("wormvault prove "));
+            ids.push(v["event"]["event_id"].as_str().unwrap().to_owned());
+        }
+        match r.headers.get("wormvault-next-cursor") {
+            Some(cur) => {
+                path = format!(
+                    "/v1/records?subject_id=T-9&limit=5&case=CASE-7&cursor={}",
+                    cur.to_str().unwrap()
+                );
+            }
+            None => break,
+        }
+    }
+    let want: Vec<String> = (0..12).map(|i| format!("w-{i:02}")).collect();
+    assert_eq!(ids, want);
+    // A package needs the records' day anchored: refused before, made after.
+    assert_eq!(export(&tokens.compliance).status, 409);
+    cli_succeeds(&d.config, &["anchor"]);
+    let r = export(&tokens.compliance);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let check = wormvault::rti::verify(&r.body, &[key.verifier()]);
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+    assert_eq!(check.records, 12);
+    // Every retrieval is an event in the archive, retrievable like any other.
+    assert_eq!(
+        rt.block_on(c.flush(&tokens.admin)).unwrap().json()["uploaded"],
+        true
+    );
+    let r = get(
+        &tokens.compliance,
+        "/v1/records?subject_type=rti-case&subject_id=CASE-7",
+    );
+    let audits: Vec<serde_json::Value> = std::str::from_utf8(&r.body)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let actions: Vec<&str> = audits
+        .iter()
+        .map(|a| a["event"]["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.iter().filter(|a| **a == "rti.query").count() >= 3,
+        "{actions:?}"
+    );
+    assert!(actions.contains(&"rti.export"), "{actions:?}");
+    assert!(
+        audits
+            .iter()
+            .all(|a| a["event"]["actor"]["id"] == "examiner-desk")
+    );
+    assert_eq!(d.term(), Some(0));
 }

@@ -475,3 +475,81 @@ fn a_package_validates_independently_and_any_change_fails(backend: Backend) {
     );
 }
 both!(a_package_validates_independently_and_any_change_fails);
+
+fn command_line_retrievals_are_recorded_and_retrievable(backend: Backend) {
+    let t = Target::new(backend);
+    let mut rng = Rng(99);
+    let settings = t.settings();
+    import_text(&t, &settings, events(&mut rng, "c", &DAYS, 40));
+    let store = match backend {
+        Backend::Local => format!(
+            "[store.local]\npath = {:?}\n",
+            t.archive_dir().display().to_string()
+        ),
+        Backend::LocalStack => format!(
+            "[store]\nkind = \"s3\"\n[store.s3]\nbucket = {:?}\nendpoint = {:?}\n",
+            t.bucket, t.endpoint
+        ),
+    };
+    let config = t.dir.path().join("cli.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\n{store}",
+            t.dir.path().join("cli-state").display().to_string()
+        ),
+    )
+    .unwrap();
+    let query = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wormvault"))
+            .arg("--config")
+            .arg(&config)
+            .args(["rti", "query", "--requester", "tester"])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let t1 = query(&["--subject-id", "T-1", "--case", "CASE-9"]);
+    assert!(t1.iter().all(|r| r["event"]["subject"]["id"] == "T-1"));
+    // A filter that names nothing is refused, and records nothing.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wormvault"))
+        .arg("--config")
+        .arg(&config)
+        .args(["rti", "query", "--from", "2026-11-16"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // This retrieval is recorded before it runs, so it finds itself too.
+    let audits = query(&[
+        "--subject-type",
+        "rti-case",
+        "--subject-id",
+        "CASE-9",
+        "--case",
+        "CASE-9",
+    ]);
+    assert_eq!(
+        audits.len(),
+        2,
+        "both retrievals are in the archive: {audits:?}"
+    );
+    assert!(
+        audits
+            .iter()
+            .all(|a| a["event"]["actor"]["id"] == "cli:tester"
+                && a["event"]["action"] == "rti.query")
+    );
+}
+both!(command_line_retrievals_are_recorded_and_retrievable);
