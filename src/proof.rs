@@ -245,11 +245,11 @@ impl DayProofs {
     }
 
     /// The bundle of row `row` (with `canonical` bytes) of the segment of manifest `index`,
-    /// whose rows have `segment_leaves`.
+    /// whose rows' leaves make `segment_tree`.
     pub fn bundle(
         &self,
         index: usize,
-        segment_leaves: &[Hash],
+        segment_tree: &merkle::Tree,
         row: usize,
         canonical: &[u8],
     ) -> Result<ProofBundle, String> {
@@ -258,7 +258,10 @@ impl DayProofs {
         let m = Manifest::from_bytes(mbytes)?;
         let event: serde_json::Value =
             serde_json::from_slice(canonical).map_err(|e| format!("stored event: {e}"))?;
-        let segment_proof = merkle::Tree::from_leaf_hashes(segment_leaves).inclusion_proof(row);
+        if row >= segment_tree.size() {
+            return Err(format!("{} has no row {row}", m.segment.key));
+        }
+        let segment_proof = segment_tree.inclusion_proof(row);
         Ok(ProofBundle {
             format: PROOF_FORMAT.into(),
             event_id: event["event_id"].as_str().unwrap_or_default().to_owned(),
@@ -340,7 +343,12 @@ pub async fn prove(
             let day_proofs = DayProofs::load(store, layout, keys, day)
                 .await
                 .map_err(|e| format!("{event_id} is in {}, but {e}", m.segment.key))?;
-            return day_proofs.bundle(index, &leaves, row, &canonical);
+            return day_proofs.bundle(
+                index,
+                &merkle::Tree::from_leaf_hashes(&leaves),
+                row,
+                &canonical,
+            );
         }
     }
     Err(format!("no event {event_id:?} in the archive"))

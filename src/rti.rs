@@ -25,7 +25,7 @@ use arrow_schema::{DataType, Field, Schema};
 use bytes::Bytes;
 
 use crate::layout::Layout;
-use crate::merkle::{self, Hash};
+use crate::merkle;
 use crate::note::{SignerKey, VerifierKey};
 use crate::proof::{DayProofs, ProofBundle};
 use crate::retrieve::{Entry, Filter, Found};
@@ -215,7 +215,8 @@ pub async fn export(
     }
     let found = crate::retrieve::query(store, layout, &request.filter).await?;
     let mut days: BTreeMap<Day, DayProofs> = BTreeMap::new();
-    let mut leaves: HashMap<String, Vec<Hash>> = HashMap::new();
+    // Per segment: its manifest's position in the day, and the tree over its rows.
+    let mut segments: HashMap<String, (usize, merkle::Tree)> = HashMap::new();
     let read = Arc::new(AtomicU64::new(0));
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut rows = Vec::new();
@@ -241,16 +242,20 @@ pub async fn export(
             days.insert(*day, p);
         }
         let p = &days[day];
-        let (index, _) = p
-            .manifest_of(segment)
-            .ok_or_else(|| format!("{segment} has no manifest on {day}"))?;
-        let (mkey, mbytes) = &p.manifests.manifests[index];
-        files.insert(format!("data/archive/{mkey}"), mbytes.to_vec());
-        if !leaves.contains_key(segment) {
-            let l = crate::retrieve::read_leaves(store, segment, &read).await?;
-            leaves.insert(segment.clone(), l);
+        if !segments.contains_key(segment) {
+            let (index, _) = p
+                .manifest_of(segment)
+                .ok_or_else(|| format!("{segment} has no manifest on {day}"))?;
+            let (mkey, mbytes) = &p.manifests.manifests[index];
+            files.insert(format!("data/archive/{mkey}"), mbytes.to_vec());
+            let leaves = crate::retrieve::read_leaves(store, segment, &read).await?;
+            segments.insert(
+                segment.clone(),
+                (index, merkle::Tree::from_leaf_hashes(&leaves)),
+            );
         }
-        let bundle = p.bundle(index, &leaves[segment], *row as usize, canonical)?;
+        let (index, tree) = &segments[segment];
+        let bundle = p.bundle(*index, tree, *row as usize, canonical)?;
         let event: serde_json::Value =
             serde_json::from_slice(canonical).map_err(|e| e.to_string())?;
         rows.push(record_row(&event, &day.to_string(), segment, *row));
