@@ -523,10 +523,10 @@ close_after = \"36500d\"\ndelay = \"36501d\"\n",
         ),
         Err(e) => println!("duckdb comparison skipped ({}: {e})", python.display()),
     }
-    // An export of about 10,000 records: one service's events over part of a day.
+    // An export of at least 10,000 records: one service's events over 15 hours of a day.
     let day = start.next().next();
     let from = day.start();
-    let to = from.plus_micros(12 * 3600 * 1_000_000);
+    let to = from.plus_micros(15 * 3600 * 1_000_000);
     let filter = crate::retrieve::Filter {
         actor_id: Some("svc-oms".into()),
         from: Some(from),

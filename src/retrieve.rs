@@ -470,6 +470,8 @@ struct StoreReader {
     key: String,
     size: u64,
     read: Arc<AtomicU64>,
+    /// Whether metadata loads include the page index.
+    page_index: bool,
 }
 
 impl AsyncFileReader for StoreReader {
@@ -492,8 +494,13 @@ impl AsyncFileReader for StoreReader {
     ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
         async move {
             let size = self.size;
+            let policy = if self.page_index {
+                parquet::file::metadata::PageIndexPolicy::Optional
+            } else {
+                parquet::file::metadata::PageIndexPolicy::Skip
+            };
             let md = ParquetMetaDataReader::new()
-                .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional)
+                .with_page_index_policy(policy)
                 .with_prefetch_hint(Some(16 * 1024))
                 .load_and_finish(self, size)
                 .await?;
@@ -607,6 +614,7 @@ async fn open(
     store: &Arc<dyn WormStore>,
     key: &str,
     read: &Arc<AtomicU64>,
+    page_index: bool,
 ) -> Result<Option<(StoreReader, ArrowReaderMetadata)>, String> {
     let size = match store.head(key, None).await {
         Ok(h) => h.size,
@@ -618,9 +626,13 @@ async fn open(
         key: key.to_owned(),
         size,
         read: read.clone(),
+        page_index,
     };
-    let options = ArrowReaderOptions::new()
-        .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional);
+    let options = ArrowReaderOptions::new().with_page_index_policy(if page_index {
+        parquet::file::metadata::PageIndexPolicy::Optional
+    } else {
+        parquet::file::metadata::PageIndexPolicy::Skip
+    });
     let md = ArrowReaderMetadata::load_async(&mut reader, options)
         .await
         .map_err(|e| format!("{key}: {e}"))?;
@@ -636,25 +648,17 @@ async fn index_entries(
     read: &Arc<AtomicU64>,
 ) -> Result<Option<Vec<Entry>>, String> {
     let key = layout.record_index(day);
-    let Some((reader, md)) = open(store, &key, read).await? else {
+    // First the footer alone: on most days statistics and bloom filters rule every row group
+    // out, and the page index is never read.
+    let Some((reader, md)) = open(store, &key, read, false).await? else {
         return Ok(None);
     };
     let meta = md.metadata().clone();
     let eqs = filter.equalities();
-    let mut bloom = ParquetRecordBatchStreamBuilder::new_with_metadata(
-        StoreReader {
-            store: reader.store.clone(),
-            key: reader.key.clone(),
-            size: reader.size,
-            read: read.clone(),
-        },
-        md.clone(),
-    );
-    let mut selected = Vec::new();
-    let mut selection: Vec<RowSelector> = Vec::new();
+    let mut bloom = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, md);
+    let mut candidates = Vec::new();
     for rg in 0..meta.num_row_groups() {
         let g = meta.row_group(rg);
-        let n = g.num_rows() as usize;
         // Row-group statistics.
         let keep = eqs
             .iter()
@@ -677,9 +681,21 @@ async fn index_entries(
                 }
             }
         }
-        if !keep {
-            continue;
+        if keep {
+            candidates.push(rg);
         }
+    }
+    if candidates.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    let (reader, md) = open(store, &key, read, true)
+        .await?
+        .ok_or_else(|| format!("{key} disappeared"))?;
+    let meta = md.metadata().clone();
+    let mut selected = Vec::new();
+    let mut selection: Vec<RowSelector> = Vec::new();
+    for rg in candidates {
+        let n = meta.row_group(rg).num_rows() as usize;
         selected.push(rg);
         // Pages of the sorted subject columns that can hold the subject.
         let pages = meta.page_index_for_row_group(rg);
@@ -827,7 +843,7 @@ async fn read_column(
     rows: Option<&[u64]>,
     read: &Arc<AtomicU64>,
 ) -> Result<Vec<Vec<u8>>, String> {
-    let (reader, md) = open(store, segment, read)
+    let (reader, md) = open(store, segment, read, true)
         .await?
         .ok_or_else(|| format!("{segment} is named by the index but not in the store"))?;
     let total = md.metadata().file_metadata().num_rows() as usize;
