@@ -355,8 +355,7 @@ impl Anchorer {
                     key: self.layout.anchor(day),
                     problem: "missing inside the chain (a sweep reports it)".into(),
                 })?;
-                self.ensure_timestamp(day, &a.bytes, self.until(day))
-                    .await?;
+                self.finish_day(day, &a.bytes, None).await?;
                 return Ok(vec![Anchored {
                     day,
                     key: a.key,
@@ -432,18 +431,13 @@ impl Anchorer {
             }
             Err(e) => return Err(e.into()),
         };
-        self.mirror_copy(
-            m_key(&self.mirror, |l| l.anchor(day)),
-            &bytes,
-            until,
-            NOTE_CONTENT_TYPE,
-        )
-        .await?;
         if created {
             tracing::info!(day = %day, key = %key, manifests = body.size, root = %hex::encode(body.root), "Anchored the day.");
         }
-        self.ensure_timestamp(day, &bytes, until).await?;
-        self.ensure_index(day).await?;
+        // The index is built from the manifests the anchor was computed over, when the anchor
+        // is ours; another writer's anchor may cover other manifests, so read them again.
+        self.finish_day(day, &bytes, created.then_some(&manifests))
+            .await?;
         Ok(Anchored {
             day,
             key,
@@ -484,17 +478,46 @@ impl Anchorer {
         }
     }
 
-    /// Stores the record index of an anchored day if it is missing (docs/FORMAT.md §13).
-    pub async fn ensure_index(&self, day: Day) -> Result<(), AnchorError> {
-        crate::retrieve::ensure_index(&self.store, &self.layout, self.until(day), day)
+    /// Everything that follows the anchor of `day` (stored as `anchor`): its copy on the
+    /// mirror, its time-stamp token (and the token's copy), the day's record index. Each step
+    /// is idempotent, so after any failure the whole is simply run again.
+    pub async fn finish_day(
+        &self,
+        day: Day,
+        anchor: &Bytes,
+        manifests: Option<&DayManifests>,
+    ) -> Result<(), AnchorError> {
+        let until = self.until(day);
+        self.mirror_copy(
+            m_key(&self.mirror, |l| l.anchor(day)),
+            anchor,
+            until,
+            NOTE_CONTENT_TYPE,
+        )
+        .await?;
+        self.ensure_timestamp(day, anchor, until).await?;
+        if self.tsa.is_some() && self.mirror.is_some() {
+            let token = self
+                .store
+                .get(&self.layout.anchor_timestamp(day), None)
+                .await?;
+            self.mirror_copy(
+                m_key(&self.mirror, |l| l.anchor_timestamp(day)),
+                &token,
+                until,
+                TOKEN_CONTENT_TYPE,
+            )
+            .await?;
+        }
+        crate::retrieve::ensure_index(&self.store, &self.layout, until, day, manifests)
             .await
             .map(|_| ())
             .map_err(|problem| AnchorError::Index { day, problem })
     }
 
-    /// Has the TSA stamp the anchor of `day` unless a token is already stored (and mirrors
-    /// the token). Without a TSA configured, does nothing.
-    pub async fn ensure_timestamp(
+    /// Has the TSA stamp the anchor of `day` unless a token is already stored. Without a TSA
+    /// configured, does nothing.
+    async fn ensure_timestamp(
         &self,
         day: Day,
         anchor: &Bytes,
@@ -521,16 +544,6 @@ impl Anchorer {
             Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e.into()),
         }
-        if self.mirror.is_some() {
-            let stored = self.store.get(&key, None).await?;
-            self.mirror_copy(
-                m_key(&self.mirror, |l| l.anchor_timestamp(day)),
-                &stored,
-                until,
-                TOKEN_CONTENT_TYPE,
-            )
-            .await?;
-        }
         tracing::info!(day = %day, key = %key, gen_time = %stamp.gen_time, "Time-stamped the anchor.");
         Ok(())
     }
@@ -542,43 +555,56 @@ fn m_key(mirror: &Option<Mirror>, key: impl Fn(&Layout) -> String) -> Option<Str
 }
 
 /// The daemon's anchoring loop. Every minute it learns which days are anchored (by any
-/// writer) and closes them in `gate`, so late events go to the current day; with an
+/// writer) and closes them in `gate`, so late events go to the current day. With an
 /// `anchorer` it also anchors, once `delay` has passed after each UTC midnight, every day up
-/// to yesterday. Runs until `stop` is cancelled.
+/// to yesterday — but never a day for which this writer still holds sealed batches in its
+/// outbox (`pending` gives the earliest such day): those wait for the store to come back —
+/// and finishes the last week's anchored days (mirror, token, index) where a step failed.
+/// Runs until `stop` is cancelled.
 pub async fn run_scheduled(
     store: Arc<dyn WormStore>,
     layout: Layout,
     anchorer: Option<Anchorer>,
+    pending: impl Fn() -> Option<Day> + Send,
     delay: std::time::Duration,
     gate: crate::batch::DayGate,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let delay_micros = delay.as_micros() as i64;
+    // Days whose anchor this process saw finished; the others of the last week are retried.
+    let mut finished = BTreeSet::new();
     loop {
         // The last day whose anchoring time has come.
-        let due = Timestamp::now().plus_micros(-delay_micros).day().prev();
+        let mut due = Timestamp::now().plus_micros(-delay_micros).day().prev();
+        if let Some(p) = pending()
+            && p <= due
+        {
+            tracing::warn!(waiting_for = %p, "Sealed batches of a day not yet anchored are still waiting for the store; anchoring waits for them.");
+            due = p.prev();
+        }
         match anchored_days(&store, &layout).await {
             Ok(days) => {
                 if let Some(&last) = days.last() {
                     gate.close_through(last);
                 }
-                if let Some(anchorer) = &anchorer
-                    && anchorer.tsa.is_some()
-                {
-                    // Tokens the TSA could not give at anchoring time, for the last week.
+                if let Some(anchorer) = &anchorer {
                     for &d in days.iter().rev().take(7) {
-                        let stamped = match anchorer.read(d).await {
-                            Ok(Some(a)) => {
-                                anchorer
-                                    .ensure_timestamp(d, &a.bytes, anchorer.until(d))
-                                    .await
-                            }
+                        if finished.contains(&d) {
+                            continue;
+                        }
+                        let done = match anchorer.read(d).await {
+                            Ok(Some(a)) => anchorer.finish_day(d, &a.bytes, None).await,
                             Ok(None) => Ok(()),
                             Err(e) => Err(e),
                         };
-                        if let Err(e) = stamped {
-                            tracing::error!(error = %e, day = %d, "Time-stamping an anchor failed; retrying in a minute.");
-                            break;
+                        match done {
+                            Ok(()) => {
+                                finished.insert(d);
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, day = %d, "Finishing an anchored day (mirror, time-stamp, index) failed; retrying in a minute.");
+                                break;
+                            }
                         }
                     }
                 }
@@ -587,6 +613,7 @@ pub async fn run_scheduled(
                 {
                     match anchorer.anchor_through(due).await {
                         Ok(done) => {
+                            finished.extend(done.iter().map(|a| a.day));
                             if let Some(a) = done.last() {
                                 gate.close_through(a.day);
                             }

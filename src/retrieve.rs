@@ -286,6 +286,15 @@ pub async fn build_index(
     let manifests = DayManifests::read(store, layout, day)
         .await
         .map_err(|e| e.to_string())?;
+    build_index_of(store, &manifests).await
+}
+
+/// Builds the record index of the day of `manifests` from their segments.
+pub async fn build_index_of(
+    store: &Arc<dyn WormStore>,
+    manifests: &DayManifests,
+) -> Result<BuiltIndex, String> {
+    let day = manifests.day;
     let mut entries = Vec::new();
     for (key, bytes) in &manifests.manifests {
         let m = Manifest::from_bytes(bytes).map_err(|e| format!("{key}: {e}"))?;
@@ -421,18 +430,26 @@ fn write_index(day: Day, daily_root: &str, entries: &[Entry]) -> Result<Bytes, S
     Ok(Bytes::from(out))
 }
 
-/// Stores the record index of `day` if it is not stored yet. Returns whether it wrote it.
+/// Stores the record index of `day` if it is not stored yet, built from `manifests` when
+/// given (else they are read). Returns whether it wrote it.
 pub async fn ensure_index(
     store: &Arc<dyn WormStore>,
     layout: &Layout,
     until: Timestamp,
     day: Day,
+    manifests: Option<&DayManifests>,
 ) -> Result<bool, String> {
     match store.head(&layout.record_index(day), None).await {
         Ok(_) => Ok(false),
-        Err(StoreError::NotFound { .. }) => rebuild_index(store, layout, until, day)
-            .await
-            .map(|(_, written)| written),
+        Err(StoreError::NotFound { .. }) => {
+            let built = match manifests {
+                Some(m) => build_index_of(store, m).await?,
+                None => build_index(store, layout, day).await?,
+            };
+            store_index(store, layout, until, built)
+                .await
+                .map(|(_, w)| w)
+        }
         Err(e) => Err(e.to_string()),
     }
 }
@@ -447,7 +464,17 @@ pub async fn rebuild_index(
     day: Day,
 ) -> Result<(BuiltIndex, bool), String> {
     let built = build_index(store, layout, day).await?;
-    let key = layout.record_index(day);
+    store_index(store, layout, until, built).await
+}
+
+/// Stores a built index create-only: an index already stored must have these bytes.
+async fn store_index(
+    store: &Arc<dyn WormStore>,
+    layout: &Layout,
+    until: Timestamp,
+    built: BuiltIndex,
+) -> Result<(BuiltIndex, bool), String> {
+    let key = layout.record_index(built.day);
     let req = PutRequest::new(
         key.clone(),
         built.bytes.clone(),

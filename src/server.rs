@@ -111,7 +111,7 @@ pub async fn run(
 
     // Retrieval reads the same store; packages are signed with the anchor key, if this
     // daemon has it.
-    let rti = Some(crate::ingest::RtiContext {
+    let rti = crate::ingest::RtiContext {
         store: archive.store.clone(),
         layout: settings.layout.clone(),
         keys: settings
@@ -124,7 +124,7 @@ pub async fn run(
             .as_ref()
             .and_then(|a| a.signing_key.as_ref().and(a.load_signer().ok()))
             .map(Arc::new),
-    });
+    };
     let shared = Arc::new(Shared {
         rti,
         commands: cmd_tx.clone(),
@@ -168,6 +168,11 @@ pub async fn run(
                 archive.store.clone(),
                 settings.layout.clone(),
                 anchorer,
+                {
+                    // The earliest day of this writer's batches sealed but not yet stored.
+                    let state = archive.state.clone();
+                    move || state.outbox().ok()?.iter().map(|e| e.info.day).min()
+                },
                 a.delay,
                 archive.gate.clone(),
                 sweeps_stop.clone(),
