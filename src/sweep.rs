@@ -856,6 +856,24 @@ pub struct Sweeper {
     pub anchors: Option<AnchorCheck>,
 }
 
+/// What checking one day's anchor saw, for the next steps of the walk.
+#[derive(Default)]
+struct AnchorSeen {
+    /// SHA-256 of the stored anchor; `None` when there is none.
+    sha256: Option<Hash>,
+    /// The day's manifests, when they were read to check the root.
+    manifests: Option<crate::anchor::DayManifests>,
+}
+
+impl AnchorSeen {
+    fn present(bytes: &[u8]) -> AnchorSeen {
+        AnchorSeen {
+            sha256: Some(merkle::sha256(bytes)),
+            manifests: None,
+        }
+    }
+}
+
 /// What a sweep needs to check anchors: the accepted keys, and the mirror if there is one.
 #[derive(Clone)]
 pub struct AnchorCheck {
@@ -927,11 +945,20 @@ impl Sweeper {
         };
         let mut d = first;
         let mut stamped = false;
+        // The previous day's anchor hash, when the walk just checked that day.
+        let mut prev_known = None;
         while d <= last {
             if wanted(d) {
-                self.check_anchor(d, first, check, &mut stamped, findings)
+                let seen = self
+                    .check_anchor(d, first, check, &mut stamped, prev_known, findings)
                     .await?;
-                self.check_index(d, opts.level, findings).await?;
+                if seen.sha256.is_some() {
+                    self.check_index(d, opts.level, seen.manifests.as_ref(), findings)
+                        .await?;
+                }
+                prev_known = Some(seen.sha256);
+            } else {
+                prev_known = None;
             }
             d = d.next();
         }
@@ -957,22 +984,16 @@ impl Sweeper {
         Ok(())
     }
 
-    /// The record index of an anchored day: present and sealed; at the full level, exactly
+    /// The record index of an anchored day (`manifests`: the day's, if already read):
+    /// present and sealed; at the full level, exactly
     /// what rebuilding it from the day's segments gives.
     async fn check_index(
         &self,
         day: Day,
         level: Level,
+        manifests: Option<&crate::anchor::DayManifests>,
         findings: &mut Vec<Finding>,
     ) -> Result<(), StoreError> {
-        if self
-            .store
-            .head(&self.layout.anchor(day), None)
-            .await
-            .is_err()
-        {
-            return Ok(()); // reported as a missing anchor
-        }
         let key = self.layout.record_index(day);
         let head = match self.store.head(&key, None).await {
             Ok(h) => h,
@@ -989,7 +1010,11 @@ impl Sweeper {
         self.day_object_sealed(&key, &head, day, findings).await?;
         if level == Level::Full {
             let stored = self.store.get(&key, None).await?;
-            match crate::retrieve::build_index(&self.store, &self.layout, day).await {
+            let rebuilt = match manifests {
+                Some(m) => crate::retrieve::build_index_of(&self.store, m).await,
+                None => crate::retrieve::build_index(&self.store, &self.layout, day).await,
+            };
+            match rebuilt {
                 Ok(built) if built.bytes == stored => {}
                 Ok(built) => findings.push(
                     Finding::new(
@@ -1015,8 +1040,9 @@ impl Sweeper {
         first: Day,
         check: &AnchorCheck,
         stamped: &mut bool,
+        prev_known: Option<Option<Hash>>,
         findings: &mut Vec<Finding>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<AnchorSeen, StoreError> {
         let key = self.layout.anchor(day);
         let bytes = match self.store.get(&key, None).await {
             Ok(b) => b,
@@ -1026,7 +1052,7 @@ impl Sweeper {
                     &key,
                     format!("{day} has no anchor, though every day since {first} must"),
                 ));
-                return Ok(());
+                return Ok(AnchorSeen::default());
             }
             Err(e) => return Err(e),
         };
@@ -1044,7 +1070,7 @@ impl Sweeper {
                     )
                     .expected_found(day, a.body.day),
                 );
-                return Ok(());
+                return Ok(AnchorSeen::present(&bytes));
             }
             Err(crate::anchor::AnchorProblem::Note(crate::note::NoteError::UnknownKey(by))) => {
                 findings.push(Finding::new(
@@ -1052,7 +1078,7 @@ impl Sweeper {
                     &key,
                     format!("signed by {by}, which is not among the accepted keys (anchor.verification_keys)"),
                 ));
-                return Ok(());
+                return Ok(AnchorSeen::present(&bytes));
             }
             Err(e) => {
                 findings.push(Finding::new(
@@ -1060,7 +1086,7 @@ impl Sweeper {
                     &key,
                     format!("not a valid anchor: {e}"),
                 ));
-                return Ok(());
+                return Ok(AnchorSeen::present(&bytes));
             }
         };
         let manifests = crate::anchor::DayManifests::read(&self.store, &self.layout, day).await?;
@@ -1081,12 +1107,17 @@ impl Sweeper {
         let expected_prev = if day == first {
             None
         } else {
-            match self.store.get(&self.layout.anchor(day.prev()), None).await {
-                Ok(b) => Some(merkle::sha256(&b)),
-                // Reported as missing for that day.
-                Err(StoreError::NotFound { .. }) => anchor.body.prev,
-                Err(e) => return Err(e),
-            }
+            // The previous day's anchor, as the previous step of the walk saw it, or read now.
+            let prev = match prev_known {
+                Some(p) => p,
+                None => match self.store.get(&self.layout.anchor(day.prev()), None).await {
+                    Ok(b) => Some(merkle::sha256(&b)),
+                    Err(StoreError::NotFound { .. }) => None,
+                    Err(e) => return Err(e),
+                },
+            };
+            // A missing previous anchor is reported as missing for that day.
+            prev.or(anchor.body.prev)
         };
         if anchor.body.prev != expected_prev {
             let show = |h: Option<Hash>| h.map_or("none".to_owned(), hex::encode);
@@ -1146,7 +1177,10 @@ impl Sweeper {
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(AnchorSeen {
+            sha256: Some(merkle::sha256(&bytes)),
+            manifests: Some(manifests),
+        })
     }
 
     /// Every day that has manifests or segments, in order.
