@@ -275,35 +275,8 @@ pub const FULL_SWEEP_CEILING_PER_CORE: f64 = 0.11e9;
 /// then times a quick and a full `wormvault verify` as child processes.
 pub fn sweep_bench(gb: f64, dir: &Path) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let config = dir.join("sweep-bench.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = {:?}\n[store.local]\npath = {:?}\n",
-            dir.join("state").display().to_string(),
-            dir.join("archive").display().to_string()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    let segments_bytes = |d: &Path| -> u64 {
-        fn walk(p: &Path) -> u64 {
-            std::fs::read_dir(p)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| {
-                    let p = e.path();
-                    if p.is_dir() {
-                        walk(&p)
-                    } else {
-                        e.metadata().map_or(0, |m| m.len())
-                    }
-                })
-                .sum()
-        }
-        walk(&d.join("archive").join("segments"))
-    };
+    let config = local_config(dir, "sweep-bench.toml", "")?;
+    let segments_bytes = |d: &Path| dir_bytes(&d.join("archive").join("segments"));
     let want = (gb * 1e9) as u64;
     let mut round = 0u64;
     while segments_bytes(dir) < want {
@@ -373,6 +346,23 @@ pub fn sweep_bench(gb: f64, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Writes `dir/name`: a configuration with its state and a local store under `dir`, plus
+/// `extra` TOML. Returns its path.
+pub fn local_config(dir: &Path, name: &str, extra: &str) -> Result<std::path::PathBuf, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let config = dir.join(name);
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\n[store.local]\npath = {:?}\n{extra}",
+            dir.join("state").display().to_string(),
+            dir.join("archive").display().to_string()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
 /// Total size of the files under `dir`.
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
@@ -394,27 +384,20 @@ fn dir_bytes(dir: &Path) -> u64 {
 pub fn rti_bench(events: u64, days: u32, dir: &Path, python: &Path) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let config = dir.join("rti-bench.toml");
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let key = dir.join("anchor.key");
     if !key.exists() {
         let k = crate::note::SignerKey::generate("rti-bench").map_err(|e| e.to_string())?;
         std::fs::write(&key, k.to_secret_string()).map_err(|e| e.to_string())?;
     }
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = {:?}
-[store.local]
-path = {:?}
-[anchor]
-signing_key = {:?}
-close_after = \"36500d\"\ndelay = \"36501d\"\n",
-            dir.join("state").display().to_string(),
-            dir.join("archive").display().to_string(),
+    let config = local_config(
+        dir,
+        "rti-bench.toml",
+        &format!(
+            "[anchor]\nsigning_key = {:?}\nclose_after = \"36500d\"\ndelay = \"36501d\"\n",
             key.display().to_string()
         ),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let run = |args: &[&str]| -> Result<std::time::Duration, String> {
         let started = std::time::Instant::now();
         let out = std::process::Command::new(&exe)

@@ -445,10 +445,7 @@ pub fn run(cli: Cli) -> ExitCode {
             };
             match crate::loadgen::run_ingest_bench(&opts) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
+                Err(e) => fail(e),
             }
         }
         Command::Bench(BenchCommand::Rti {
@@ -458,18 +455,12 @@ pub fn run(cli: Cli) -> ExitCode {
             python,
         }) => match crate::bench::rti_bench(events, days, &dir, &python) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
+            Err(e) => fail(e),
         },
         Command::Bench(BenchCommand::Sweep { gb, dir }) => {
             match crate::bench::sweep_bench(gb, &dir) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
+                Err(e) => fail(e),
             }
         }
         Command::Bench(BenchCommand::Stages { events }) => {
@@ -549,10 +540,7 @@ fn verify_cmd(
     });
     let (report, stored) = match result {
         Ok(x) => x,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(e),
     };
     crate::sweep::log_findings(&report);
     if json {
@@ -578,10 +566,7 @@ fn keygen_cmd(name: &str, out: &std::path::Path) -> ExitCode {
     use std::os::unix::fs::OpenOptionsExt as _;
     let key = match crate::note::SignerKey::generate(name) {
         Ok(k) => k,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(e),
     };
     let written = std::fs::OpenOptions::new()
         .write(true)
@@ -654,10 +639,7 @@ fn anchor_cmd(settings: Settings, day: Option<String>) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
+        Err(e) => fail(e),
     }
 }
 
@@ -689,10 +671,7 @@ fn prove_cmd(
     });
     let bundle = match result {
         Ok(b) => b,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(e),
     };
     let json = serde_json::to_string_pretty(&bundle).expect("serializable") + "\n";
     match out {
@@ -733,10 +712,7 @@ fn rti_export_cmd(
 ) -> ExitCode {
     let filter = match filter.to_filter() {
         Ok(f) => f,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(e),
     };
     let Some(anchor) = &settings.anchor else {
         eprintln!(
@@ -798,10 +774,7 @@ fn rti_export_cmd(
             );
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
+        Err(e) => fail(e),
     }
 }
 
@@ -830,10 +803,7 @@ fn rti_verify_cmd(file: &std::path::Path, keys: &[String]) -> ExitCode {
             }
             ExitCode::from(1)
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
+        Err(e) => fail(e),
     }
 }
 
@@ -930,10 +900,7 @@ fn index_rebuild_cmd(settings: Settings, day: Option<String>) -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
+        Err(e) => fail(e),
     }
 }
 
@@ -970,10 +937,7 @@ fn record_cli_retrieval(
 fn rti_query_cmd(settings: Settings, filter: &FilterArgs, case: &str, requester: &str) -> ExitCode {
     let filter = match filter.to_filter() {
         Ok(f) => f,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(e),
     };
     let rt = runtime();
     let audit = crate::retrieve::audit_event(
@@ -994,10 +958,7 @@ fn rti_query_cmd(settings: Settings, filter: &FilterArgs, case: &str, requester:
     });
     let outcome = match result {
         Ok(o) => o,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(e),
     };
     use std::io::Write as _;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -1035,6 +996,12 @@ fn token_cmd(name: &str, roles: &[RoleArg]) -> ExitCode {
     println!("sha256 = \"{hash}\"");
     println!("roles = [{}]", roles.join(", "));
     ExitCode::SUCCESS
+}
+
+/// Reports an error that kept a command from doing its job: exit code 2.
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(2)
 }
 
 fn load_settings(path: Option<&std::path::Path>) -> Result<Settings, ExitCode> {
@@ -1117,10 +1084,7 @@ fn archive_cmd(settings: Settings, file: PathBuf, json: bool, verbose: bool) -> 
         &mut on_outcome,
     ) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(e),
     };
     if json {
         println!("{}", summary_json(&archive, &file, &summary));
@@ -1154,10 +1118,7 @@ fn upload_cmd(settings: Settings) -> ExitCode {
             println!("the outbox is empty");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
+        Err(e) => fail(e),
     }
 }
 
@@ -1283,10 +1244,7 @@ fn bench_archive(events: u64, dir: Option<PathBuf>) -> ExitCode {
     );
     let settings = match Settings::from_toml("bench", &text, std::iter::empty()) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(e),
     };
     let rt = runtime();
     let archive = match open_archive(&rt, settings) {
@@ -1295,10 +1253,7 @@ fn bench_archive(events: u64, dir: Option<PathBuf>) -> ExitCode {
     };
     let file = match std::fs::File::open(&input) {
         Ok(f) => f,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(e),
     };
     crate::bench::reset_peak_rss();
     let summary = match import(
@@ -1309,10 +1264,7 @@ fn bench_archive(events: u64, dir: Option<PathBuf>) -> ExitCode {
         &mut |_| {},
     ) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(e),
     };
     let secs = summary.elapsed.as_secs_f64();
     let rate = summary.events as f64 / secs;

@@ -85,8 +85,8 @@ pub struct Shared {
     pub draining: AtomicBool,
     pub readiness: std::sync::RwLock<Readiness>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
-    /// What retrieval needs; `None` when the daemon does not serve it.
-    pub rti: Option<RtiContext>,
+    /// What retrieval needs.
+    pub rti: RtiContext,
 }
 
 /// The archive as retrieval reads it.
@@ -503,19 +503,14 @@ async fn get_records(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<PeerAddr>,
     headers: HeaderMap,
-    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    uri: axum::http::Uri,
 ) -> Response {
     let principal = match authorize(&shared, &headers, Role::Compliance, peer, "/v1/records") {
         Ok(p) => p,
         Err(r) => return *r,
     };
-    let Some(rti) = &shared.rti else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "retrieval is not served by this daemon",
-        );
-    };
-    let q: RecordsQuery = match serde_urlencoded_query(query.as_deref().unwrap_or("")) {
+    let rti = &shared.rti;
+    let q: RecordsQuery = match parse_query(&uri) {
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
@@ -581,29 +576,14 @@ fn parse_cursor(c: &str) -> Result<(Timestamp, String), String> {
     Ok((Timestamp::from_micros(t), id.to_owned()))
 }
 
-/// Parses a query string into `T` (percent-decoding keys and values).
-fn serde_urlencoded_query<T: serde::de::DeserializeOwned>(q: &str) -> Result<T, String> {
+/// Parses a query string into `T`: decoded as forms are, each key at most once, `limit` a
+/// number (`serde(flatten)` cannot take numbers from a query string directly).
+fn parse_query<T: serde::de::DeserializeOwned>(uri: &axum::http::Uri) -> Result<T, String> {
+    let axum::extract::Query(pairs) =
+        axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
+            .map_err(|e| e.body_text())?;
     let mut map = serde_json::Map::new();
-    for pair in q.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let dec = |s: &str| -> Result<String, String> {
-            let s = s.replace('+', " ");
-            let mut out = Vec::new();
-            let b = s.as_bytes();
-            let mut i = 0;
-            while i < b.len() {
-                if b[i] == b'%' && i + 2 < b.len() {
-                    let h = std::str::from_utf8(&b[i + 1..i + 3]).map_err(|_| "bad escape")?;
-                    out.push(u8::from_str_radix(h, 16).map_err(|_| format!("bad escape %{h}"))?);
-                    i += 3;
-                } else {
-                    out.push(b[i]);
-                    i += 1;
-                }
-            }
-            String::from_utf8(out).map_err(|_| "the query string is not UTF-8".to_string())
-        };
-        let (k, v) = (dec(k)?, dec(v)?);
+    for (k, v) in pairs {
         let value = if k == "limit" {
             serde_json::Value::from(
                 v.parse::<u64>()
@@ -637,12 +617,7 @@ async fn post_export(
         Ok(p) => p,
         Err(r) => return *r,
     };
-    let Some(rti) = &shared.rti else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "retrieval is not served by this daemon",
-        );
-    };
+    let rti = &shared.rti;
     let Some(signer) = &rti.signer else {
         return error(
             StatusCode::NOT_FOUND,

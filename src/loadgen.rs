@@ -361,17 +361,7 @@ pub fn run_ingest_bench(opts: &IngestBench) -> Result<(), String> {
 }
 
 fn archive_rate(exe: &Path, dir: &Path, file: &Path) -> Result<f64, String> {
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let config = dir.join("archive.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = {:?}\n[store.local]\npath = {:?}\n",
-            dir.join("state").display().to_string(),
-            dir.join("archive").display().to_string()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
+    let config = crate::bench::local_config(dir, "archive.toml", "")?;
     let out = std::process::Command::new(exe)
         .args(["--log-format", "json", "--config"])
         .arg(&config)

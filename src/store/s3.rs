@@ -54,15 +54,14 @@ pub struct S3Store {
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 impl S3Store {
-    /// GetObject of a version (or the current one), whole or an HTTP `Range`, read to the end.
-    async fn get_object(
+    /// Sends GetObject for a version (or the current one), whole or an HTTP `Range`.
+    async fn send_get(
         &self,
         key: &str,
         version_id: Option<&str>,
         range: Option<String>,
-    ) -> Result<Bytes, StoreError> {
-        let out = self
-            .client
+    ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, StoreError> {
+        self.client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
@@ -70,8 +69,19 @@ impl S3Store {
             .set_range(range)
             .send()
             .await
-            .map_err(|e| map_err(key, e))?;
-        Ok(out
+            .map_err(|e| map_err(key, e))
+    }
+
+    /// GetObject, read to the end.
+    async fn get_object(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+        range: Option<String>,
+    ) -> Result<Bytes, StoreError> {
+        Ok(self
+            .send_get(key, version_id, range)
+            .await?
             .body
             .collect()
             .await
@@ -295,15 +305,7 @@ impl WormStore for S3Store {
         version_id: Option<&str>,
     ) -> Result<(crate::merkle::Hash, u64), StoreError> {
         use sha2::Digest;
-        let mut out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .set_version_id(version_id.map(str::to_owned))
-            .send()
-            .await
-            .map_err(|e| map_err(key, e))?;
+        let mut out = self.send_get(key, version_id, None).await?;
         let mut hasher = sha2::Sha256::new();
         let mut len = 0u64;
         while let Some(chunk) = out.body.next().await {

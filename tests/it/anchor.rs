@@ -1,13 +1,11 @@
 //! Daily roots, signed anchors, mirrors, late events and offline proofs.
 
-use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use wormvault::anchor::{Anchored, Anchorer};
 use wormvault::archive::Archive;
 use wormvault::config::Settings;
-use wormvault::import::{UploadPatience, import};
 use wormvault::merkle;
 use wormvault::note::SignerKey;
 use wormvault::proof::{ProofBundle, verify};
@@ -50,19 +48,7 @@ fn import_events(t: &Target, archive: &Archive, events: &[(String, String)]) {
         .iter()
         .map(|(id, at)| event(id, at, "trade.new", &format!("T-{id}")) + "\n")
         .collect();
-    let patience = UploadPatience {
-        attempts: 1,
-        first_backoff: std::time::Duration::from_millis(10),
-    };
-    let s = import(
-        archive,
-        Box::new(Cursor::new(text.into_bytes())),
-        t.rt.handle(),
-        patience,
-        &mut |_| {},
-    )
-    .unwrap();
-    assert_eq!(s.accepted, events.len() as u64);
+    crate::util::import_all(t, archive, text);
 }
 
 fn events_on(prefix: &str, d: &str, n: usize) -> Vec<(String, String)> {

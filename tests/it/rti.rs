@@ -1,9 +1,6 @@
 //! Retrieval: record indexes and queries, checked against a brute-force scan.
 
-use std::io::Cursor;
-
 use wormvault::anchor::Anchorer;
-use wormvault::import::{UploadPatience, import};
 use wormvault::manifest::Manifest;
 use wormvault::retrieve::{Entry, Filter, query};
 use wormvault::timestamp::{Day, Timestamp};
@@ -67,21 +64,7 @@ fn anchored_settings(t: &Target) -> wormvault::config::Settings {
 }
 
 fn import_text(t: &Target, settings: &wormvault::config::Settings, text: String) {
-    let archive = t.open(settings.clone());
-    let patience = UploadPatience {
-        attempts: 1,
-        first_backoff: std::time::Duration::from_millis(10),
-    };
-    let n = text.lines().count() as u64;
-    let s = import(
-        &archive,
-        Box::new(Cursor::new(text.into_bytes())),
-        t.rt.handle(),
-        patience,
-        &mut |_| {},
-    )
-    .unwrap();
-    assert_eq!(s.accepted, n);
+    crate::util::import_all(t, &t.open(settings.clone()), text);
 }
 
 /// Every record of the archive, read whole from every segment.

@@ -1,14 +1,12 @@
 //! Sweeps against tampering through side doors (the S3 API directly, or the file system for
 //! the local store): one test per finding class, each reported with the right class and key.
 
-use std::io::Cursor;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use wormvault::archive::Archive;
 use wormvault::event::Record;
-use wormvault::import::{UploadPatience, import};
 use wormvault::manifest::Manifest;
 use wormvault::segment::{SegmentHeader, read_segment, write_segment};
 use wormvault::store::{
@@ -44,19 +42,7 @@ fn import_events(t: &Target, archive: &Archive, tag: &str, n: usize) {
             ) + "\n"
         })
         .collect();
-    let patience = UploadPatience {
-        attempts: 1,
-        first_backoff: std::time::Duration::from_millis(10),
-    };
-    let s = import(
-        archive,
-        Box::new(Cursor::new(text.into_bytes())),
-        t.rt.handle(),
-        patience,
-        &mut |_| {},
-    )
-    .unwrap();
-    assert_eq!(s.accepted, n as u64);
+    crate::util::import_all(t, archive, text);
 }
 
 fn manifests(t: &Target) -> Vec<(String, Manifest)> {

@@ -249,6 +249,25 @@ pub fn verify_independently(target: &Target) -> serde_json::Value {
     report
 }
 
+/// Imports NDJSON `text` into `archive` (one upload attempt, no waiting) and asserts that
+/// every line was accepted.
+pub fn import_all(t: &Target, archive: &Archive, text: String) {
+    let lines = text.lines().count() as u64;
+    let patience = wormvault::import::UploadPatience {
+        attempts: 1,
+        first_backoff: std::time::Duration::from_millis(10),
+    };
+    let s = wormvault::import::import(
+        archive,
+        Box::new(std::io::Cursor::new(text.into_bytes())),
+        t.rt.handle(),
+        patience,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(s.accepted, lines);
+}
+
 /// A valid event as JSON text.
 pub fn event(id: &str, occurred_at: &str, action: &str, subject: &str) -> String {
     serde_json::json!({
