@@ -657,3 +657,123 @@ fn anchors_are_time_stamped_by_a_tsa_and_the_tokens_verify(backend: Backend) {
     );
 }
 both!(anchors_are_time_stamped_by_a_tsa_and_the_tokens_verify);
+
+/// A store that refuses writes while `down` is set (an unreachable mirror), else delegates.
+struct Flaky {
+    inner: Arc<dyn WormStore>,
+    down: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl WormStore for Flaky {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn put_sealed(
+        &self,
+        req: &wormvault::store::PutRequest,
+    ) -> Result<wormvault::store::PutReceipt, wormvault::store::StoreError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(wormvault::store::StoreError::Unavailable(
+                "mirror down".into(),
+            ));
+        }
+        self.inner.put_sealed(req).await
+    }
+    async fn head(
+        &self,
+        k: &str,
+        v: Option<&str>,
+    ) -> Result<wormvault::store::ObjectInfo, wormvault::store::StoreError> {
+        self.inner.head(k, v).await
+    }
+    async fn get(
+        &self,
+        k: &str,
+        v: Option<&str>,
+    ) -> Result<bytes::Bytes, wormvault::store::StoreError> {
+        self.inner.get(k, v).await
+    }
+    async fn get_range(
+        &self,
+        k: &str,
+        v: Option<&str>,
+        r: std::ops::Range<u64>,
+    ) -> Result<bytes::Bytes, wormvault::store::StoreError> {
+        self.inner.get_range(k, v, r).await
+    }
+    async fn digest(
+        &self,
+        k: &str,
+        v: Option<&str>,
+    ) -> Result<([u8; 32], u64), wormvault::store::StoreError> {
+        self.inner.digest(k, v).await
+    }
+    async fn list(
+        &self,
+        p: &str,
+    ) -> Result<Vec<wormvault::store::ListEntry>, wormvault::store::StoreError> {
+        self.inner.list(p).await
+    }
+    async fn list_dirs(&self, p: &str) -> Result<Vec<String>, wormvault::store::StoreError> {
+        self.inner.list_dirs(p).await
+    }
+    async fn versions(
+        &self,
+        p: &str,
+    ) -> Result<Vec<wormvault::store::VersionEntry>, wormvault::store::StoreError> {
+        self.inner.versions(p).await
+    }
+    async fn bucket_lock(
+        &self,
+    ) -> Result<wormvault::store::BucketLock, wormvault::store::StoreError> {
+        self.inner.bucket_lock().await
+    }
+}
+
+/// A mirror that is down when a day is anchored gets its copy when the day is finished again.
+#[test]
+fn an_anchored_day_is_finished_once_the_mirror_is_back() {
+    let t = Target::new(Backend::Local);
+    let (key_path, _) = keyfile(&t, "wv-flaky");
+    let settings = t.settings_in("state", &anchor_toml(&key_path, &[], ""));
+    {
+        let archive = t.open(settings.clone());
+        import_events(&t, &archive, &events_on("f", "2026-11-18", 6));
+    }
+    let mut a = anchorer(&t, &settings);
+    let mirror_store: Arc<dyn WormStore> =
+        Arc::new(wormvault::store::local::LocalStore::open(t.dir.path().join("mirror")).unwrap());
+    let flaky = Arc::new(Flaky {
+        inner: mirror_store.clone(),
+        down: std::sync::atomic::AtomicBool::new(true),
+    });
+    a.mirror = Some(wormvault::anchor::Mirror {
+        store: flaky.clone(),
+        layout: wormvault::layout::Layout::new(""),
+    });
+    let d = day("2026-11-18");
+    assert!(
+        t.rt.block_on(a.anchor_through(d)).is_err(),
+        "the mirror is down"
+    );
+    let stored =
+        t.rt.block_on(t.store().get("anchors/dt=2026-11-18/anchor.note", None))
+            .unwrap();
+    assert!(
+        t.rt.block_on(mirror_store.get("anchors/dt=2026-11-18/anchor.note", None))
+            .is_err()
+    );
+    flaky.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    t.rt.block_on(a.finish_day(d, &stored, None)).unwrap();
+    let copy =
+        t.rt.block_on(mirror_store.get("anchors/dt=2026-11-18/anchor.note", None))
+            .unwrap();
+    assert_eq!(copy, stored);
+    // Finishing is idempotent, and the record index was made too.
+    t.rt.block_on(a.finish_day(d, &stored, None)).unwrap();
+    assert!(
+        t.rt.block_on(t.store().head("index/dt=2026-11-18/records.parquet", None))
+            .is_ok()
+    );
+}
