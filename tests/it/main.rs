@@ -8,5 +8,6 @@ mod proxy;
 mod rti;
 mod store;
 mod sweep;
+mod terraform;
 mod tidy;
 mod util;
