@@ -129,6 +129,9 @@ pub enum Command {
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The archive bucket.
+    #[command(subcommand)]
+    Bucket(BucketCommand),
     /// Benchmarks (see docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -198,6 +201,19 @@ pub enum RtiCommand {
 }
 
 pub use crate::retrieve::FilterParams as FilterArgs;
+
+#[derive(Debug, Subcommand)]
+pub enum BucketCommand {
+    /// Check that the bucket is fit for a WORM archive: versioning, Object Lock, a COMPLIANCE
+    /// default retention of at least `[upload] min_default_retention_days`, and, proved on a
+    /// canary written under `preflight/`, that these credentials cannot delete a locked
+    /// version. Exit 0 fit, 1 not fit (each failing property named), 2 the check could not run.
+    Check {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
@@ -297,6 +313,12 @@ pub fn run(cli: Cli) -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Bucket(BucketCommand::Check { json }) => {
+            let Ok(settings) = load_settings(cli.config.as_deref()) else {
+                return ExitCode::from(2);
+            };
+            bucket_check_cmd(&settings, json)
+        }
         Command::Archive {
             file,
             json,
@@ -492,6 +514,36 @@ async fn shutdown_signal() {
     }
 }
 
+fn bucket_check_cmd(settings: &Settings, json: bool) -> ExitCode {
+    let who = settings
+        .writer_id
+        .clone()
+        .unwrap_or_else(|| crate::layout::WriterId::parse("cli").expect("a valid writer id"));
+    let result = runtime().block_on(async {
+        let store = crate::archive::open_store(settings)
+            .await
+            .map_err(|e| e.to_string())?;
+        crate::bucket::check(
+            &*store,
+            &settings.layout,
+            &who,
+            settings.server.min_default_retention_days,
+        )
+        .await
+        .map_err(|e| format!("the bucket could not be checked: {e}"))
+    });
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    print_report(json, &report, &report.summary());
+    if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 fn verify_cmd(
     settings: Settings,
     full: bool,
@@ -543,13 +595,8 @@ fn verify_cmd(
         Err(e) => return fail(e),
     };
     crate::sweep::log_findings(&report);
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("serializable")
-        );
-    } else {
-        print!("{}", report.summary());
+    print_report(json, &report, &report.summary());
+    if !json {
         for k in &stored {
             println!("report stored sealed at {k}");
         }
@@ -999,6 +1046,18 @@ fn token_cmd(name: &str, roles: &[RoleArg]) -> ExitCode {
 }
 
 /// Reports an error that kept a command from doing its job: exit code 2.
+/// A report on stdout: pretty JSON with `--json`, else its text form.
+fn print_report(json: bool, report: &impl serde::Serialize, text: &str) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).expect("serializable")
+        );
+    } else {
+        print!("{text}");
+    }
+}
+
 fn fail(e: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {e}");
     ExitCode::from(2)

@@ -146,8 +146,8 @@ pub struct UploadConfig {
     pub backoff_initial: Option<String>,
     /// Longest delay between attempts. Default: 60s.
     pub backoff_max: Option<String>,
-    /// `/readyz` requires the bucket's default COMPLIANCE retention to be at least this many
-    /// days. Default: 1.
+    /// `bucket check`, the daemon's start-up and `/readyz` require the bucket's default
+    /// COMPLIANCE retention to be at least this many days. Default: 1.
     pub min_default_retention_days: Option<u32>,
 }
 

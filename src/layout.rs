@@ -88,6 +88,7 @@ pub const MANIFESTS: &str = "manifests/";
 pub const SWEEPS: &str = "sweeps/";
 pub const ANCHORS: &str = "anchors/";
 pub const INDEX: &str = "index/";
+pub const PREFLIGHT: &str = "preflight/";
 
 impl Layout {
     /// `prefix` may be empty; otherwise a trailing `/` is added if missing.
@@ -160,6 +161,25 @@ impl Layout {
     /// The record index of `day`: `{prefix}index/dt=YYYY-MM-DD/records.parquet`.
     pub fn record_index(&self, day: Day) -> String {
         format!("{}{INDEX}dt={day}/records.parquet", self.prefix)
+    }
+
+    /// A `bucket check` canary: `{prefix}preflight/{who}/{unix microseconds}.json`. Not a
+    /// record; locked for a day; the only kind of key anything ever tries to delete.
+    pub fn canary(&self, who: &WriterId, at: crate::timestamp::Timestamp) -> String {
+        format!("{}{PREFLIGHT}{who}/{}.json", self.prefix, at.as_micros())
+    }
+
+    /// Whether `key` is a canary key of this layout (and so nothing archived).
+    pub fn is_canary(&self, key: &str) -> bool {
+        key.strip_prefix(&self.prefix)
+            .and_then(|r| r.strip_prefix(PREFLIGHT))
+            .and_then(|r| r.split_once('/'))
+            .is_some_and(|(who, file)| {
+                WriterId::parse(who).is_ok()
+                    && file
+                        .strip_suffix(".json")
+                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
     }
 
     /// The day of a `…/dt=YYYY-MM-DD/` directory prefix returned by a listing.
@@ -246,6 +266,25 @@ mod tests {
             l.manifest(d, &WriterId::parse("a").unwrap(), 9)
                 < l.manifest(d, &WriterId::parse("a").unwrap(), 10)
         );
+    }
+
+    #[test]
+    fn canary_keys_are_only_canary_keys() {
+        let l = Layout::new("prod");
+        let w = WriterId::parse("ingest-a").unwrap();
+        let at = crate::timestamp::Timestamp::parse_rfc3339("2026-11-22T10:00:00Z").unwrap();
+        let k = l.canary(&w, at);
+        assert_eq!(k, "prod/preflight/ingest-a/1795341600000000.json");
+        assert!(l.is_canary(&k));
+        for other in [
+            l.segment(Day::parse("2026-11-22").unwrap(), &w, 1),
+            "preflight/ingest-a/1.json".into(),
+            "prod/preflight/ingest-a/x.json".into(),
+            "prod/preflight/ingest-a/../segments/1.json".into(),
+            "prod/preflight/1.json".into(),
+        ] {
+            assert!(!l.is_canary(&other), "{other}");
+        }
     }
 
     #[test]

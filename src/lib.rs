@@ -29,6 +29,7 @@ pub mod archive;
 pub mod auth;
 pub mod batch;
 pub mod bench;
+pub mod bucket;
 pub mod canonical;
 pub mod cli;
 pub mod config;

@@ -84,6 +84,35 @@ pub async fn run(
     };
     let archive = Archive::open(settings.clone()).await?;
     tracing::info!(writer = %archive.writer, store = %archive.store.describe(), "Archive opened.");
+    let min_days = settings.server.min_default_retention_days;
+    // The bucket check: a bucket that is reachable and unfit stops the start; an unreachable
+    // one does not (events are spooled; `/readyz` says not ready until the check passes).
+    let bucket = match crate::bucket::check(
+        &*archive.store,
+        &settings.layout,
+        &archive.writer,
+        min_days,
+    )
+    .await
+    {
+        Ok(report) if report.passed => {
+            tracing::info!(store = %report.store, "Bucket check passed: the bucket is fit for the archive.");
+            Some(report)
+        }
+        Ok(report) => {
+            for p in report.properties.iter().filter(|p| !p.ok) {
+                tracing::error!(property = p.name, expected = %p.expected, found = %p.found, "{}", p.sentence);
+            }
+            anyhow::bail!(
+                "the bucket is not fit for a WORM archive, so the daemon does not start:\n{}",
+                report.summary()
+            )
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "The bucket could not be checked (is the store reachable?); starting, not ready until the check passes.");
+            None
+        }
+    };
 
     let (cmd_tx, cmd_rx) = crossbeam_channel::bounded::<Command>(1024);
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -144,7 +173,10 @@ pub async fn run(
     });
     let checker = tokio::spawn(readiness_loop(
         archive.store.clone(),
-        settings.server.min_default_retention_days,
+        settings.layout.clone(),
+        archive.writer.clone(),
+        min_days,
+        bucket,
         shared.clone(),
     ));
     let sweeps_stop = tokio_util::sync::CancellationToken::new();
@@ -245,17 +277,43 @@ pub async fn run(
     Ok(())
 }
 
-/// Checks the bucket now and every 5 s.
+/// How often the daemon proves again that a locked version cannot be deleted.
+const CANARY_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+/// Checks the bucket's configuration every 5 s and the delete probe once a day
+/// ([`crate::bucket`]); `/readyz` reports the result.
 async fn readiness_loop(
     store: Arc<dyn crate::store::WormStore>,
+    layout: crate::layout::Layout,
+    writer: crate::layout::WriterId,
     min_days: u32,
+    mut full: Option<crate::bucket::BucketReport>,
     shared: Arc<Shared>,
 ) {
+    let mut full_at = full.as_ref().map(|_| std::time::Instant::now());
     loop {
-        let (ready, problems) = match store.bucket_lock().await {
-            Ok(lock) => {
-                let p = lock.problems(min_days);
-                (p.is_empty(), p)
+        let due = full_at.is_none_or(|t| t.elapsed() >= CANARY_EVERY);
+        let checked = if due {
+            crate::bucket::check(&*store, &layout, &writer, min_days).await
+        } else {
+            crate::bucket::check_configuration(&*store, min_days).await
+        };
+        let (ready, problems) = match checked {
+            Ok(report) => {
+                if due {
+                    full_at = Some(std::time::Instant::now());
+                    full = Some(report.clone());
+                }
+                // The delete probe's last result stands until it runs again.
+                let mut problems = report.problems();
+                if !due && let Some(f) = &full {
+                    problems.extend(
+                        f.problems()
+                            .into_iter()
+                            .filter(|p| p.starts_with("locked_delete")),
+                    );
+                }
+                (problems.is_empty(), problems)
             }
             Err(e) => (false, vec![format!("the store is not reachable: {e}")]),
         };

@@ -472,6 +472,17 @@ impl WormStore for LocalStore {
         blocking(move || this.versions_blocking(&prefix)).await
     }
 
+    /// Nothing to prove: the development store has no delete operation at all.
+    async fn probe_canary(
+        &self,
+        _layout: &crate::layout::Layout,
+        _canary: &super::canary::Canary,
+    ) -> Result<super::canary::CanaryOutcome, StoreError> {
+        Ok(super::canary::CanaryOutcome::NotApplicable(
+            "the development store has no delete operation; its files are read-only".into(),
+        ))
+    }
+
     /// The development store behaves as a versioned, COMPLIANCE-locked bucket; it has no
     /// default retention because every object carries its own.
     async fn bucket_lock(&self) -> Result<BucketLock, StoreError> {

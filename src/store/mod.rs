@@ -15,6 +15,7 @@
 //! retain-until, size and stored checksum; versions: exactly one), because some S3 servers
 //! silently ignore lock, checksum or conditional headers.
 
+pub mod canary;
 pub mod local;
 pub mod s3;
 
@@ -130,37 +131,6 @@ pub struct BucketLock {
     pub default_days: Option<u32>,
 }
 
-impl BucketLock {
-    /// Problems that make the bucket unfit for the archive, as sentences; empty when fit.
-    pub fn problems(&self, min_default_days: u32) -> Vec<String> {
-        let mut out = Vec::new();
-        if self.versioning.as_deref() != Some("Enabled") {
-            out.push(format!(
-                "versioning is {}, not Enabled",
-                self.versioning.as_deref().unwrap_or("off")
-            ));
-        }
-        if !self.lock_enabled {
-            out.push(
-                "Object Lock is not enabled (it can only be enabled when the bucket is created)"
-                    .into(),
-            );
-        }
-        match self.default_mode {
-            Some(LockMode::Compliance) => {}
-            Some(LockMode::Governance) => out.push("the default retention mode is GOVERNANCE, which privileged users can bypass; it must be COMPLIANCE".into()),
-            None => out.push("there is no default retention; it must be COMPLIANCE".into()),
-        }
-        match self.default_days {
-            Some(d) if d >= min_default_days => {}
-            Some(d) => out.push(format!("the default retention is {d} days, below the configured minimum of {min_default_days}")),
-            None if self.default_mode.is_some() => out.push("the default retention has no period".into()),
-            None => {}
-        }
-        out
-    }
-}
-
 /// One entry of a listing (current versions).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListEntry {
@@ -254,6 +224,14 @@ pub trait WormStore: Send + Sync + 'static {
 
     /// The bucket's versioning and Object Lock configuration (read only).
     async fn bucket_lock(&self) -> Result<BucketLock, StoreError>;
+
+    /// Writes `canary` sealed and tries to delete that version ([`canary`]): the one request
+    /// that may delete, and only a canary key.
+    async fn probe_canary(
+        &self,
+        layout: &crate::layout::Layout,
+        canary: &canary::Canary,
+    ) -> Result<canary::CanaryOutcome, StoreError>;
 }
 
 /// Checks that a just-written object is what a sealed put promises. Shared by every backend,

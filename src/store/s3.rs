@@ -12,7 +12,8 @@
 //! aws-chunked streaming uploads with trailing checksums (Ceph RGW Pacific rejects those).
 //! After the PUT, HEAD (with checksum mode) and ListObjectVersions confirm the lock, the
 //! retain-until, the checksum and that the key has exactly one version
-//! ([`super::check_sealed`]). Nothing here deletes or shortens anything.
+//! ([`super::check_sealed`]). Nothing here deletes or shortens anything; the one delete
+//! request, the `bucket check` probe on a canary, is in [`super::canary`].
 
 use std::time::Duration;
 
@@ -147,7 +148,7 @@ fn from_smithy(t: &aws_smithy_types::DateTime) -> Timestamp {
 }
 
 /// Maps an SDK error to what the caller should do about it.
-fn map_err<E: ProvideErrorMetadata + std::error::Error + 'static>(
+pub(super) fn map_err<E: ProvideErrorMetadata + std::error::Error + 'static>(
     key: &str,
     err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
 ) -> StoreError {
@@ -423,6 +424,14 @@ impl WormStore for S3Store {
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    async fn probe_canary(
+        &self,
+        layout: &crate::layout::Layout,
+        canary: &super::canary::Canary,
+    ) -> Result<super::canary::CanaryOutcome, StoreError> {
+        super::canary::probe_s3(self, &self.client, &self.bucket, layout, canary).await
     }
 
     async fn bucket_lock(&self) -> Result<BucketLock, StoreError> {

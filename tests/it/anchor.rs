@@ -729,6 +729,13 @@ impl WormStore for Flaky {
     ) -> Result<wormvault::store::BucketLock, wormvault::store::StoreError> {
         self.inner.bucket_lock().await
     }
+    async fn probe_canary(
+        &self,
+        layout: &wormvault::layout::Layout,
+        canary: &wormvault::store::canary::Canary,
+    ) -> Result<wormvault::store::canary::CanaryOutcome, wormvault::store::StoreError> {
+        self.inner.probe_canary(layout, canary).await
+    }
 }
 
 /// A mirror that is down when a day is anchored gets its copy when the day is finished again.

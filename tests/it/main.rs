@@ -2,6 +2,7 @@
 
 mod anchor;
 mod archive;
+mod bucket;
 mod cli;
 mod daemon;
 mod proxy;

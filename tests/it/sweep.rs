@@ -291,6 +291,13 @@ impl WormStore for GovernanceForOne {
     async fn bucket_lock(&self) -> Result<BucketLock, StoreError> {
         self.inner.bucket_lock().await
     }
+    async fn probe_canary(
+        &self,
+        layout: &wormvault::layout::Layout,
+        canary: &wormvault::store::canary::Canary,
+    ) -> Result<wormvault::store::canary::CanaryOutcome, StoreError> {
+        self.inner.probe_canary(layout, canary).await
+    }
 }
 
 fn a_segment_whose_retention_is_shorter_than_required(backend: Backend) {

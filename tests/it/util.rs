@@ -103,7 +103,8 @@ pub enum Backend {
     LocalStack,
 }
 
-/// A fresh archive target: a temporary directory, and for LocalStack a fresh lock bucket.
+/// A fresh archive target: a temporary directory, and for LocalStack a fresh lock bucket with
+/// a COMPLIANCE default retention (one the bucket check passes).
 pub struct Target {
     pub backend: Backend,
     pub dir: tempfile::TempDir,
@@ -121,7 +122,7 @@ impl Target {
             rt.block_on(create_bucket(
                 &admin_client(&endpoint),
                 &bucket,
-                BucketKind::Lock,
+                BucketKind::LockWithDefault,
             ));
         }
         Target {
