@@ -273,9 +273,17 @@ pub const FULL_SWEEP_CEILING_PER_CORE: f64 = 0.11e9;
 
 /// `wormvault bench sweep`: builds an archive of at least `gb` GB of segments in `dir` (once),
 /// then times a quick and a full `wormvault verify` as child processes.
-pub fn sweep_bench(gb: f64, dir: &Path) -> Result<(), String> {
+pub fn sweep_bench(gb: f64, dir: &Path, anchored: bool) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let config = local_config(dir, "sweep-bench.toml", "")?;
+    let config = if anchored {
+        local_config(
+            dir,
+            "sweep-bench.toml",
+            &anchor_section(dir, "sweep-bench")?,
+        )?
+    } else {
+        local_config(dir, "sweep-bench.toml", "")?
+    };
     let segments_bytes = |d: &Path| dir_bytes(&d.join("archive").join("segments"));
     let want = (gb * 1e9) as u64;
     let mut round = 0u64;
@@ -288,22 +296,20 @@ pub fn sweep_bench(gb: f64, dir: &Path) -> Result<(), String> {
         let start = (0..2 * round).fold(Day::parse("2026-10-01").expect("valid"), |d, _| d.next());
         generate(&file, events, start, 2, 1000 + round).map_err(|e| e.to_string())?;
         println!("importing {events} events ...");
-        let out = std::process::Command::new(&exe)
-            .arg("--config")
-            .arg(&config)
-            .args(["archive", "--json"])
-            .arg(&file)
-            .env("WORMVAULT_LOG", "error")
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "archive failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
+        run_wormvault(
+            &exe,
+            &config,
+            &["archive", "--json", file.to_str().ok_or("path")?],
+        )?;
         let _ = std::fs::remove_file(&file);
         round += 1;
+    }
+    if anchored {
+        let took = run_wormvault(&exe, &config, &["anchor"])?;
+        println!(
+            "anchored (and indexed) every day up to yesterday in {:.1} s",
+            took.as_secs_f64()
+        );
     }
     let total = segments_bytes(dir);
     println!(
@@ -346,6 +352,41 @@ pub fn sweep_bench(gb: f64, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs `exe --config config ARGS` (quietly) to success; returns how long it took.
+fn run_wormvault(exe: &Path, config: &Path, args: &[&str]) -> Result<std::time::Duration, String> {
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(exe)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("WORMVAULT_LOG", "error")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "wormvault {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(started.elapsed())
+}
+
+/// An `[anchor]` section signing with `dir/anchor.key` (made once, named `name`), with the
+/// day gate pushed a century out: imported benchmark days stay open for their events, and
+/// `wormvault anchor` anchors every day up to yesterday.
+fn anchor_section(dir: &Path, name: &str) -> Result<String, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let key = dir.join("anchor.key");
+    if !key.exists() {
+        let k = crate::note::SignerKey::generate(name).map_err(|e| e.to_string())?;
+        std::fs::write(&key, k.to_secret_string()).map_err(|e| e.to_string())?;
+    }
+    Ok(format!(
+        "[anchor]\nsigning_key = {:?}\nclose_after = \"36500d\"\ndelay = \"36501d\"\n",
+        key.display().to_string()
+    ))
+}
+
 /// Writes `dir/name`: a configuration with its state and a local store under `dir`, plus
 /// `extra` TOML. Returns its path.
 pub fn local_config(dir: &Path, name: &str, extra: &str) -> Result<std::path::PathBuf, String> {
@@ -383,38 +424,8 @@ fn dir_bytes(dir: &Path) -> u64 {
 /// `wormvault bench rti`: see the command's help and docs/BENCHMARKS.md.
 pub fn rti_bench(events: u64, days: u32, dir: &Path, python: &Path) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let key = dir.join("anchor.key");
-    if !key.exists() {
-        let k = crate::note::SignerKey::generate("rti-bench").map_err(|e| e.to_string())?;
-        std::fs::write(&key, k.to_secret_string()).map_err(|e| e.to_string())?;
-    }
-    let config = local_config(
-        dir,
-        "rti-bench.toml",
-        &format!(
-            "[anchor]\nsigning_key = {:?}\nclose_after = \"36500d\"\ndelay = \"36501d\"\n",
-            key.display().to_string()
-        ),
-    )?;
-    let run = |args: &[&str]| -> Result<std::time::Duration, String> {
-        let started = std::time::Instant::now();
-        let out = std::process::Command::new(&exe)
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .env("WORMVAULT_LOG", "error")
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "{args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(started.elapsed())
-    };
+    let config = local_config(dir, "rti-bench.toml", &anchor_section(dir, "rti-bench")?)?;
+    let run = |args: &[&str]| run_wormvault(&exe, &config, args);
     let file = dir.join("events.ndjson");
     let yesterday = Timestamp::now().day().prev();
     let start = (0..days).fold(yesterday, |d, _| d.prev()).next();

@@ -137,6 +137,17 @@ pub enum Command {
     Bench(BenchCommand),
 }
 
+impl Command {
+    /// Whether the command runs the ingest pipeline (the daemon, an import), which reuses its
+    /// freed memory batch after batch.
+    pub fn is_pipeline(&self) -> bool {
+        matches!(
+            self,
+            Command::Serve | Command::Archive { .. } | Command::Upload
+        )
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum RoleArg {
     Ingest,
@@ -271,6 +282,10 @@ pub enum BenchCommand {
         /// Work directory, kept between runs (the archive is built only once).
         #[arg(long)]
         dir: PathBuf,
+        /// Anchor the archive's days (and so build their record indexes) before timing: a
+        /// full sweep then also checks every anchor and index. Use its own `--dir`.
+        #[arg(long)]
+        anchored: bool,
     },
     /// Build a local archive of `--events` over `--days` (once, in `--dir`), anchor and index
     /// it, then time one subject's query (latency, bytes read), the same query in DuckDB, and
@@ -479,8 +494,8 @@ pub fn run(cli: Cli) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         },
-        Command::Bench(BenchCommand::Sweep { gb, dir }) => {
-            match crate::bench::sweep_bench(gb, &dir) {
+        Command::Bench(BenchCommand::Sweep { gb, dir, anchored }) => {
+            match crate::bench::sweep_bench(gb, &dir, anchored) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }

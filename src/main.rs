@@ -10,17 +10,22 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 fn main() -> std::process::ExitCode {
-    // Memory freed by one batch is reused by the next: returning it to the OS after 10 ms (the
-    // default) only makes the kernel zero it again. Peak memory is bounded by configuration.
+    let cli = wormvault::cli::Cli::parse();
+    // In the pipeline (the daemon, imports) memory freed by one batch is reused by the next:
+    // returning it to the OS after the default delay only makes the kernel zero it again, and
+    // peak memory is bounded by configuration. Sweeps, anchoring and retrieval keep the
+    // default, so a large transient (a day's record index) is given back.
     // SAFETY: plain option calls, before any other thread exists; the value read first checks
     // that the index still holds the purge delay (one of its documented defaults).
-    unsafe {
-        if matches!(
-            libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY),
-            10 | 1000
-        ) {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+    if cli.command.is_pipeline() {
+        unsafe {
+            if matches!(
+                libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY),
+                10 | 1000
+            ) {
+                libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+            }
         }
     }
-    wormvault::cli::run(wormvault::cli::Cli::parse())
+    wormvault::cli::run(cli)
 }

@@ -26,7 +26,7 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt, future::BoxFuture};
+use futures::{FutureExt, StreamExt, TryStreamExt, future::BoxFuture};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, RowSelection, RowSelector,
 };
@@ -290,64 +290,220 @@ pub async fn build_index(
 }
 
 /// Builds the record index of the day of `manifests` from their segments.
+///
+/// Only the indexed columns are decoded, several segments at a time, into Arrow arrays (no
+/// per-value allocation); the sort orders `(segment, row)` pairs that point into them, so a
+/// day of a million events takes about a hundred bytes each.
 pub async fn build_index_of(
     store: &Arc<dyn WormStore>,
     manifests: &DayManifests,
 ) -> Result<BuiltIndex, String> {
     let day = manifests.day;
-    let mut entries = Vec::new();
+    let mut segments = Vec::with_capacity(manifests.manifests.len());
     for (key, bytes) in &manifests.manifests {
         let m = Manifest::from_bytes(bytes).map_err(|e| format!("{key}: {e}"))?;
-        let seg = store
-            .get(&m.segment.key, Some(&m.segment.version_id))
-            .await
-            .map_err(|e| e.to_string())?;
-        let segment_key = m.segment.key.clone();
-        let rows = tokio::task::spawn_blocking(move || crate::segment::read_segment(seg))
-            .await
-            .expect("segment read task")
-            .map_err(|e| format!("{segment_key}: {e}"))?;
-        entries.extend(
-            rows.rows
-                .iter()
-                .enumerate()
-                .map(|(i, r)| Entry::of(r, &m.segment.key, i)),
-        );
+        segments.push((m.segment.key, m.segment.version_id));
     }
-    // The sorting columns of the file: subject, then time; ties in a fixed order.
-    entries.sort_by(|a, b| {
-        (
-            &a.subject_type,
-            &a.subject_id,
-            a.occurred_at,
-            &a.event_id,
-            &a.segment,
-            a.row,
-        )
-            .cmp(&(
-                &b.subject_type,
-                &b.subject_id,
-                b.occurred_at,
-                &b.event_id,
-                &b.segment,
-                b.row,
-            ))
-    });
-    let events = entries.len() as u64;
-    let segments = manifests.manifests.len() as u64;
+    let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let decoded: Vec<Vec<IndexPart>> =
+        futures::stream::iter(segments.clone().into_iter().enumerate())
+            .map(|(i, (key, version))| read_indexed(store.clone(), i, key, version))
+            .buffered(parallel)
+            .try_collect()
+            .await?;
+    let parts: Vec<IndexPart> = decoded.into_iter().flatten().collect();
+    let n_segments = segments.len() as u64;
     let root = hex::encode(manifests.root());
-    let bytes = tokio::task::spawn_blocking(move || write_index(day, &root, &entries))
-        .await
-        .expect("index write task")?;
+    let (bytes, events) =
+        tokio::task::spawn_blocking(move || sort_and_write(day, &root, &parts, &segments))
+            .await
+            .expect("index write task")?;
     Ok(BuiltIndex {
         day,
         bytes,
         events,
-        segments,
+        segments: n_segments,
     })
 }
 
-fn write_index(day: Day, daily_root: &str, entries: &[Entry]) -> Result<Bytes, String> {
+/// Merges the sorted parts and writes the index file; returns it and the entry count.
+fn sort_and_write(
+    day: Day,
+    root: &str,
+    parts: &[IndexPart],
+    segments: &[(String, String)],
+) -> Result<(Bytes, u64), String> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let n: usize = parts.iter().map(|p| p.rows).sum();
+    // A k-way merge of the parts' own orders (sorted in parallel as they were decoded).
+    let head = |p: usize, pos: usize| {
+        let part = &parts[p];
+        let r = part.order[pos] as usize;
+        Reverse((part.entry(r, segments).sort_key(), p, pos))
+    };
+    let mut heap: BinaryHeap<_> = (0..parts.len())
+        .filter(|&p| parts[p].rows > 0)
+        .map(|p| head(p, 0))
+        .collect();
+    let mut order: Vec<(u32, u32)> = Vec::with_capacity(n);
+    while let Some(Reverse((_, p, pos))) = heap.pop() {
+        order.push((p as u32, parts[p].order[pos]));
+        if pos + 1 < parts[p].rows {
+            heap.push(head(p, pos + 1));
+        }
+    }
+    let bytes = write_index(day, root, n, |i| {
+        let (p, r) = order[i];
+        parts[p as usize].entry(r as usize, segments)
+    })?;
+    Ok((bytes, n as u64))
+}
+
+/// The indexed columns of one segment version, each part in index order.
+async fn read_indexed(
+    store: Arc<dyn WormStore>,
+    segment: usize,
+    key: String,
+    version: String,
+) -> Result<Vec<IndexPart>, String> {
+    let bytes = store
+        .get(&key, Some(&version))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(move || {
+        let batches = crate::segment::read_columns(bytes, INDEXED_COLUMNS)?;
+        let mut first_row = 0u64;
+        let mut parts = Vec::with_capacity(batches.len());
+        for b in &batches {
+            parts.push(IndexPart::of(segment, first_row, b)?);
+            first_row += b.num_rows() as u64;
+        }
+        Ok::<_, String>(parts)
+    })
+    .await
+    .expect("segment read task")
+    .map_err(|e| format!("{key}: {e}"))
+}
+
+/// The segment columns a record index is built from: the index's own, but `segment`, `row`.
+const INDEXED_COLUMNS: &[&str] = COLUMNS.split_at(7).0;
+
+/// One decoded batch of a segment's indexed columns.
+struct IndexPart {
+    segment: usize,
+    first_row: u64,
+    rows: usize,
+    /// The rows in index order.
+    order: Vec<u32>,
+    /// `INDEXED_COLUMNS` but the last, in that order.
+    strings: [arrow_array::StringArray; 6],
+    occurred_at: arrow_array::TimestampMicrosecondArray,
+}
+
+impl IndexPart {
+    /// The part of batch `b` of a segment, with its rows sorted in index order (within one
+    /// segment the order is subject, time, event id, row).
+    fn of(segment: usize, first_row: u64, b: &RecordBatch) -> Result<IndexPart, String> {
+        let column = |name: &str| {
+            b.column_by_name(name)
+                .ok_or_else(|| format!("the segment has no {name} column"))
+        };
+        let string = |name: &str| -> Result<arrow_array::StringArray, String> {
+            column(name)?
+                .as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .cloned()
+                .ok_or_else(|| format!("{name} is not a string column"))
+        };
+        let mut part = IndexPart {
+            segment,
+            first_row,
+            rows: b.num_rows(),
+            order: Vec::new(),
+            strings: [
+                string(INDEXED_COLUMNS[0])?,
+                string(INDEXED_COLUMNS[1])?,
+                string(INDEXED_COLUMNS[2])?,
+                string(INDEXED_COLUMNS[3])?,
+                string(INDEXED_COLUMNS[4])?,
+                string(INDEXED_COLUMNS[5])?,
+            ],
+            occurred_at: column(INDEXED_COLUMNS[6])?
+                .as_any()
+                .downcast_ref::<arrow_array::TimestampMicrosecondArray>()
+                .cloned()
+                .ok_or("occurred_at is not a timestamp column")?,
+        };
+        let keys: Vec<_> = (0..part.rows)
+            .map(|r| {
+                let s = &part.strings;
+                (
+                    s[0].value(r),
+                    s[1].value(r),
+                    part.occurred_at.value(r),
+                    s[3].value(r),
+                    r as u32,
+                )
+            })
+            .collect();
+        let mut keys = keys;
+        keys.sort_unstable();
+        part.order = keys.iter().map(|k| k.4).collect();
+        Ok(part)
+    }
+
+    fn entry<'a>(&'a self, r: usize, segments: &'a [(String, String)]) -> EntryRef<'a> {
+        EntryRef {
+            subject_type: self.strings[0].value(r),
+            subject_id: self.strings[1].value(r),
+            actor_id: self.strings[2].value(r),
+            event_id: self.strings[3].value(r),
+            action: self.strings[4].value(r),
+            source: self.strings[5].value(r),
+            occurred_at: self.occurred_at.value(r),
+            segment: &segments[self.segment].0,
+            row: self.first_row + r as u64,
+        }
+    }
+}
+
+/// One row of a record index, borrowed from the decoded segments.
+#[derive(Clone, Copy)]
+struct EntryRef<'a> {
+    subject_type: &'a str,
+    subject_id: &'a str,
+    actor_id: &'a str,
+    event_id: &'a str,
+    action: &'a str,
+    source: &'a str,
+    occurred_at: i64,
+    segment: &'a str,
+    row: u64,
+}
+
+impl<'a> EntryRef<'a> {
+    /// The index file's order: subject, then time; ties in a fixed order.
+    #[allow(clippy::type_complexity)]
+    fn sort_key(&self) -> (&'a str, &'a str, i64, &'a str, &'a str, u64) {
+        (
+            self.subject_type,
+            self.subject_id,
+            self.occurred_at,
+            self.event_id,
+            self.segment,
+            self.row,
+        )
+    }
+}
+
+/// Writes the index file of `n` entries, the `i`-th given by `entry(i)`, in that order.
+fn write_index<'a>(
+    day: Day,
+    daily_root: &str,
+    n: usize,
+    entry: impl Fn(usize) -> EntryRef<'a>,
+) -> Result<Bytes, String> {
     let schema = index_schema();
     let col = |name: &str| ColumnPath::from(name);
     let kv = |k: &str, v: String| KeyValue::new(format!("wormvault.index.{k}"), v);
@@ -371,7 +527,7 @@ fn write_index(day: Day, daily_root: &str, entries: &[Entry]) -> Result<Bytes, S
             kv("format_version", INDEX_FORMAT_VERSION.to_string()),
             kv("day", day.to_string()),
             kv("daily_root", daily_root.to_owned()),
-            kv("events", entries.len().to_string()),
+            kv("events", n.to_string()),
         ]));
     // Page statistics (the page index) only where rows are sorted: elsewhere they prune
     // nothing and only make every query read a larger index.
@@ -395,25 +551,27 @@ fn write_index(day: Day, daily_root: &str, entries: &[Entry]) -> Result<Bytes, S
     let mut out = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut out, schema.clone(), Some(props.build()))
         .map_err(|e| e.to_string())?;
-    for chunk in entries.chunks(16_384) {
+    for start in (0..n).step_by(16_384) {
+        let chunk = start..(start + 16_384).min(n);
         let mut strings: Vec<StringBuilder> = (0..6).map(|_| StringBuilder::new()).collect();
         let mut occurred =
             TimestampMicrosecondBuilder::with_capacity(chunk.len()).with_timezone("UTC");
         let mut segment = StringBuilder::new();
         let mut row = Int64Builder::with_capacity(chunk.len());
-        for e in chunk {
+        for i in chunk {
+            let e = entry(i);
             for (b, v) in strings.iter_mut().zip([
-                &e.subject_type,
-                &e.subject_id,
-                &e.actor_id,
-                &e.event_id,
-                &e.action,
-                &e.source,
+                e.subject_type,
+                e.subject_id,
+                e.actor_id,
+                e.event_id,
+                e.action,
+                e.source,
             ]) {
                 b.append_value(v);
             }
-            occurred.append_value(e.occurred_at.as_micros());
-            segment.append_value(&e.segment);
+            occurred.append_value(e.occurred_at);
+            segment.append_value(e.segment);
             row.append_value(e.row as i64);
         }
         let mut columns: Vec<ArrayRef> = strings

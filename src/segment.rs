@@ -371,6 +371,32 @@ pub fn read_segment(bytes: Bytes) -> Result<ReadSegment, String> {
     Ok(ReadSegment { info, rows })
 }
 
+/// The named columns of a segment, decoded without the others: the record index needs a few
+/// small columns, not the canonical bytes and payloads that make up most of a segment.
+/// Strings decode as `Utf8`; each batch holds the columns in the segment schema's order.
+pub fn read_columns(bytes: Bytes, names: &[&str]) -> Result<Vec<RecordBatch>, String> {
+    let meta = ArrowReaderMetadata::load(&bytes, ArrowReaderOptions::new())
+        .map_err(|e| format!("not a Parquet file: {e}"))?;
+    if meta.schema().fields() != schema().fields() {
+        return Err("the columns are not the segment schema".into());
+    }
+    let roots = names
+        .iter()
+        .map(|n| schema().index_of(n).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mask = parquet::arrow::ProjectionMask::roots(
+        meta.metadata().file_metadata().schema_descr(),
+        roots,
+    );
+    ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, meta)
+        .with_projection(mask)
+        .with_batch_size(ROW_GROUP_ROWS)
+        .build()
+        .map_err(|e| e.to_string())?
+        .map(|b| b.map_err(|e| format!("decoding: {e}")))
+        .collect()
+}
+
 /// The segment schema as it is decoded: strings and bytes as views, which point into the
 /// decompressed pages instead of copying every value out of them (the bulk of a segment is
 /// its `canonical` and `payload` values).
