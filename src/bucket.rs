@@ -10,6 +10,8 @@
 //! | `default_retention`  | at least `[upload] min_default_retention_days`                |
 //! | `locked_delete`      | deleting a locked version is refused to these credentials     |
 //!
+//! An anchor mirror (`[anchor.mirror]`) is held to the same properties.
+//!
 //! The last is proved, not read from configuration: a canary is written under `preflight/`
 //! and its deletion attempted ([`crate::store::canary`]). The daemon runs the whole check at
 //! start-up (and will not start on a bucket that fails it), the configuration part every
@@ -57,8 +59,12 @@ pub struct BucketReport {
     pub store: String,
     pub checked_at: String,
     pub min_default_retention_days: u32,
+    /// Whether this store and the mirror (if any) pass.
     pub passed: bool,
     pub properties: Vec<Property>,
+    /// The anchors' mirror (`[anchor.mirror]`), held to the same properties.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Box<BucketReport>>,
 }
 
 impl BucketReport {
@@ -69,20 +75,52 @@ impl BucketReport {
             min_default_retention_days: min_days,
             passed: properties.iter().all(|p| p.ok),
             properties,
+            mirror: None,
         }
     }
 
-    /// The failing properties, as sentences.
+    /// Adds the mirror's report.
+    pub fn with_mirror(mut self, mirror: BucketReport) -> BucketReport {
+        self.passed &= mirror.passed;
+        self.mirror = Some(Box::new(mirror));
+        self
+    }
+
+    /// The failing properties, as sentences (the mirror's prefixed `mirror `).
     pub fn problems(&self) -> Vec<String> {
-        self.properties
+        let own = self
+            .properties
             .iter()
             .filter(|p| !p.ok)
-            .map(|p| format!("{}: {}", p.name, p.sentence))
-            .collect()
+            .map(|p| format!("{}: {}", p.name, p.sentence));
+        let mirror = self
+            .mirror
+            .iter()
+            .flat_map(|m| m.problems())
+            .map(|p| format!("mirror {p}"));
+        own.chain(mirror).collect()
     }
 
     /// The report for a terminal.
     pub fn summary(&self) -> String {
+        let mut out = self.summary_of_store();
+        if let Some(m) = &self.mirror {
+            out.push_str("anchor mirror: ");
+            out.push_str(&m.summary_of_store());
+        }
+        let failing = self.problems().len();
+        if failing == 0 {
+            out.push_str("the bucket is fit for the archive\n");
+        } else {
+            out.push_str(&format!(
+                "{failing} propert{} failing: the bucket is NOT fit for the archive\n",
+                if failing == 1 { "y" } else { "ies" }
+            ));
+        }
+        out
+    }
+
+    fn summary_of_store(&self) -> String {
         let mut out = format!("bucket check of {}\n", self.store);
         for p in &self.properties {
             out.push_str(&format!(
@@ -97,15 +135,6 @@ impl BucketReport {
                     "", p.expected, p.found
                 ));
             }
-        }
-        let failing = self.properties.iter().filter(|p| !p.ok).count();
-        if failing == 0 {
-            out.push_str("the bucket is fit for the archive\n");
-        } else {
-            out.push_str(&format!(
-                "{failing} propert{} failing: the bucket is NOT fit for the archive\n",
-                if failing == 1 { "y" } else { "ies" }
-            ));
         }
         out
     }
@@ -296,6 +325,29 @@ pub async fn check(
         )
     });
     Ok(BucketReport::new(store, min_days, properties))
+}
+
+/// [`check`] of the configured store and, when `[anchor.mirror]` is set, of the mirror (the
+/// daemon writes every anchor there too).
+pub async fn check_configured(
+    settings: &crate::config::Settings,
+    store: &dyn WormStore,
+    who: &WriterId,
+) -> Result<BucketReport, String> {
+    let min_days = settings.server.min_default_retention_days;
+    let report = check(store, &settings.layout, who, min_days)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some((mirror, layout)) = settings.anchor.as_ref().and_then(|a| a.mirror.as_ref()) else {
+        return Ok(report);
+    };
+    let mirror = crate::archive::open_store_at(mirror)
+        .await
+        .map_err(|e| format!("anchor.mirror: {e}"))?;
+    let m = check(&*mirror, layout, who, min_days)
+        .await
+        .map_err(|e| format!("anchor.mirror: {e}"))?;
+    Ok(report.with_mirror(m))
 }
 
 #[cfg(test)]

@@ -538,14 +538,9 @@ fn bucket_check_cmd(settings: &Settings, json: bool) -> ExitCode {
         let store = crate::archive::open_store(settings)
             .await
             .map_err(|e| e.to_string())?;
-        crate::bucket::check(
-            &*store,
-            &settings.layout,
-            &who,
-            settings.server.min_default_retention_days,
-        )
-        .await
-        .map_err(|e| format!("the bucket could not be checked: {e}"))
+        crate::bucket::check_configured(settings, &*store, &who)
+            .await
+            .map_err(|e| format!("the bucket could not be checked: {e}"))
     });
     let report = match result {
         Ok(r) => r,

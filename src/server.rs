@@ -87,21 +87,16 @@ pub async fn run(
     let min_days = settings.server.min_default_retention_days;
     // The bucket check: a bucket that is reachable and unfit stops the start; an unreachable
     // one does not (events are spooled; `/readyz` says not ready until the check passes).
-    let bucket = match crate::bucket::check(
-        &*archive.store,
-        &settings.layout,
-        &archive.writer,
-        min_days,
-    )
-    .await
+    let bucket = match crate::bucket::check_configured(&settings, &*archive.store, &archive.writer)
+        .await
     {
         Ok(report) if report.passed => {
             tracing::info!(store = %report.store, "Bucket check passed: the bucket is fit for the archive.");
             Some(report)
         }
         Ok(report) => {
-            for p in report.properties.iter().filter(|p| !p.ok) {
-                tracing::error!(property = p.name, expected = %p.expected, found = %p.found, "{}", p.sentence);
+            for p in report.problems() {
+                tracing::error!("Bucket check: {p}");
             }
             anyhow::bail!(
                 "the bucket is not fit for a WORM archive, so the daemon does not start:\n{}",

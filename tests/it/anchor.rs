@@ -496,7 +496,7 @@ fn a_mirror_receives_identical_anchors_and_a_divergent_copy_is_a_finding(backend
             t.rt.block_on(create_bucket(
                 &admin_client(&t.endpoint),
                 &mirror_bucket,
-                BucketKind::Lock,
+                BucketKind::LockWithDefault,
             ));
             format!(
                 "[anchor.mirror]\nkind = \"s3\"\nprefix = \"copy/\"\n[anchor.mirror.s3]\nbucket = {mirror_bucket:?}\nendpoint = {:?}\n",

@@ -287,6 +287,39 @@ fn a_default_retention_below_the_minimum_fails_with_the_reason() {
     );
 }
 
+/// The anchors' mirror is WORM storage too: the check covers it, and names it.
+#[test]
+fn the_anchor_mirror_is_checked_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("anchor.key");
+    let signer = wormvault::note::SignerKey::generate("archive.example/test").unwrap();
+    std::fs::write(&key, signer.to_secret_string()).unwrap();
+    let (main, mirror) = (bucket(Setup::AsTheModuleIntends), bucket(Setup::Governance));
+    let config = s3_config(dir.path(), &main, &s3_endpoint());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[anchor]\nsigning_key = {:?}\n[anchor.mirror]\nkind = \"s3\"\n[anchor.mirror.s3]\nbucket = {mirror:?}\nendpoint = {:?}\n",
+        key.display().to_string(),
+        s3_endpoint()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let (code, report) = check_json(&config);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["passed"], false);
+    assert!(
+        failing(&report).is_empty(),
+        "the archive bucket itself is fit: {report:#}"
+    );
+    let m = &report["mirror"];
+    assert_eq!(m["passed"], false);
+    assert!(m["store"].as_str().unwrap().contains(&mirror), "{m:#}");
+    assert_eq!(failing(m), ["default_mode"], "{m:#}");
+    let out = wormvault(&config, &["bucket", "check"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("anchor mirror: bucket check of"), "{text}");
+    assert!(text.contains("1 property failing"), "{text}");
+}
+
 #[test]
 fn an_unreachable_store_exits_2() {
     let dir = tempfile::tempdir().unwrap();
