@@ -104,6 +104,20 @@ pub fn write_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// True if `s` is its own JCS string content: nothing in it needs an escape.
+pub fn needs_no_escape(s: &str) -> bool {
+    let mut chunks = s.as_bytes().chunks_exact(8);
+    for c in &mut chunks {
+        if needs_escape(u64::from_le_bytes(c.try_into().expect("eight bytes"))) {
+            return false;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
 /// True if any byte of `w` is below 0x20, `"` or `\\` (exact for every byte value: bytes
 /// of 0x80 and above never match).
 #[inline]

@@ -837,74 +837,213 @@ pub fn write_view(v: &RecordView<'_>, out: &mut String) {
     write_view_spans(v, out);
 }
 
-fn write_view_spans(v: &RecordView<'_>, out: &mut String) -> Spans {
+/// Whether `canonical` is exactly the JCS form of the view: what [`write_view`] would write,
+/// compared as it goes instead of written (a full sweep checks every row this way).
+pub fn view_matches(v: &RecordView<'_>, canonical: &[u8]) -> bool {
+    let mut m = Matcher {
+        expected: canonical,
+        pos: 0,
+        ok: true,
+        escaped: String::new(),
+        days: [(i64::MIN, [0; 10]); 2],
+        next_day: 0,
+    };
+    write_view_spans(v, &mut m);
+    m.ok && m.pos == canonical.len()
+}
+
+/// Where the JCS serializer of a record goes: a string, or a comparison with given bytes.
+trait JsonSink {
+    /// Bytes written as they are.
+    fn raw(&mut self, s: &str);
+    /// A JCS string literal.
+    fn string(&mut self, s: &str);
+    /// A timestamp's text (without quotes).
+    fn timestamp(&mut self, t: Timestamp);
+    /// How many bytes were written so far.
+    fn pos(&self) -> usize;
+}
+
+impl JsonSink for String {
+    fn raw(&mut self, s: &str) {
+        self.push_str(s);
+    }
+    fn string(&mut self, s: &str) {
+        write_string(self, s);
+    }
+    fn timestamp(&mut self, t: Timestamp) {
+        t.write_to(self);
+    }
+    fn pos(&self) -> usize {
+        self.len()
+    }
+}
+
+/// Compares what would be written with `expected`, without writing it.
+struct Matcher<'a> {
+    expected: &'a [u8],
+    pos: usize,
+    ok: bool,
+    /// For the rare string that needs escapes.
+    escaped: String,
+    /// The last two days seen and their `YYYY-MM-DD`: a row's `ingested_at` and
+    /// `occurred_at` each take one of a few days in a segment.
+    days: [(i64, [u8; 10]); 2],
+    /// The entry of `days` to replace next.
+    next_day: usize,
+}
+
+impl Matcher<'_> {
+    fn bytes(&mut self, b: &[u8]) {
+        if self.ok && self.expected.get(self.pos..self.pos + b.len()) == Some(b) {
+            self.pos += b.len();
+        } else {
+            self.ok = false;
+        }
+    }
+}
+
+impl JsonSink for Matcher<'_> {
+    fn raw(&mut self, s: &str) {
+        self.bytes(s.as_bytes());
+    }
+    fn string(&mut self, s: &str) {
+        if !self.ok {
+            return;
+        }
+        if crate::canonical::needs_no_escape(s) {
+            self.bytes(b"\"");
+            self.bytes(s.as_bytes());
+            self.bytes(b"\"");
+        } else {
+            let mut escaped = std::mem::take(&mut self.escaped);
+            escaped.clear();
+            write_string(&mut escaped, s);
+            self.bytes(escaped.as_bytes());
+            self.escaped = escaped;
+        }
+    }
+    fn timestamp(&mut self, t: Timestamp) {
+        if !self.ok {
+            return;
+        }
+        let day = t.as_micros().div_euclid(86_400_000_000);
+        let date = match self.days.iter().find(|(d, _)| *d == day) {
+            Some((_, date)) => *date,
+            None => {
+                let mut text = String::with_capacity(27);
+                t.write_to(&mut text);
+                let date: [u8; 10] = text.as_bytes()[..10].try_into().expect("a date");
+                self.days[self.next_day] = (day, date);
+                self.next_day ^= 1;
+                date
+            }
+        };
+        self.bytes(&date);
+        self.bytes(&t.time_of_day_text());
+    }
+    fn pos(&self) -> usize {
+        self.pos
+    }
+}
+
+fn write_view_spans(v: &RecordView<'_>, out: &mut impl JsonSink) -> Spans {
     let mut spans = Spans {
         ingested_at: None,
         retention_class: None,
     };
-    out.push_str("{\"action\":");
-    write_string(out, v.action);
-    out.push_str(",\"actor\":{\"id\":");
-    write_string(out, v.actor_id);
+    out.raw("{\"action\":");
+    out.string(v.action);
+    out.raw(",\"actor\":{\"id\":");
+    out.string(v.actor_id);
     if let Some(role) = v.actor_role {
-        out.push_str(",\"role\":");
-        write_string(out, role);
+        out.raw(",\"role\":");
+        out.string(role);
     }
-    out.push_str(",\"type\":");
-    write_string(out, v.actor_type);
-    out.push('}');
+    out.raw(",\"type\":");
+    out.string(v.actor_type);
+    out.raw("}");
     if let Some(c) = v.correlation_id {
-        out.push_str(",\"correlation_id\":");
-        write_string(out, c);
+        out.raw(",\"correlation_id\":");
+        out.string(c);
     }
-    out.push_str(",\"event_id\":");
-    write_string(out, v.event_id);
+    out.raw(",\"event_id\":");
+    out.string(v.event_id);
     if let Some(t) = v.ingested_at {
-        let start = out.len();
-        out.push_str(",\"ingested_at\":\"");
-        t.write_to(out);
-        out.push('"');
-        spans.ingested_at = Some(start..out.len());
+        let start = out.pos();
+        out.raw(",\"ingested_at\":\"");
+        out.timestamp(t);
+        out.raw("\"");
+        spans.ingested_at = Some(start..out.pos());
     }
-    out.push_str(",\"occurred_at\":\"");
-    v.occurred_at.write_to(out);
-    out.push('"');
+    out.raw(",\"occurred_at\":\"");
+    out.timestamp(v.occurred_at);
+    out.raw("\"");
     if v.origin_ip.is_some() || v.origin_device.is_some() {
-        out.push_str(",\"origin\":{");
+        out.raw(",\"origin\":{");
         if let Some(d) = v.origin_device {
-            out.push_str("\"device\":");
-            write_string(out, d);
+            out.raw("\"device\":");
+            out.string(d);
         }
         if let Some(ip) = v.origin_ip {
             if v.origin_device.is_some() {
-                out.push(',');
+                out.raw(",");
             }
-            out.push_str("\"ip\":");
-            write_string(out, ip);
+            out.raw("\"ip\":");
+            out.string(ip);
         }
-        out.push('}');
+        out.raw("}");
     }
-    out.push_str(",\"payload\":");
-    out.push_str(v.payload);
+    out.raw(",\"payload\":");
+    out.raw(v.payload);
     if let Some(c) = v.retention_class {
-        let start = out.len();
-        out.push_str(",\"retention_class\":");
-        write_string(out, c);
-        spans.retention_class = Some(start..out.len());
+        let start = out.pos();
+        out.raw(",\"retention_class\":");
+        out.string(c);
+        spans.retention_class = Some(start..out.pos());
     }
-    out.push_str(",\"source\":");
-    write_string(out, v.source);
-    out.push_str(",\"subject\":{\"id\":");
-    write_string(out, v.subject_id);
-    out.push_str(",\"type\":");
-    write_string(out, v.subject_type);
-    out.push_str("}}");
+    out.raw(",\"source\":");
+    out.string(v.source);
+    out.raw(",\"subject\":{\"id\":");
+    out.string(v.subject_id);
+    out.raw(",\"type\":");
+    out.string(v.subject_type);
+    out.raw("}}");
     spans
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn comparing_in_place_agrees_with_writing() {
+        let limits = limits();
+        for json in [
+            GOOD.to_owned(),
+            with(|m| {
+                m.insert("actor".into(), serde_json::json!({"type": "SERVICE", "id": "a\"b\\cd\u{e9} long enough to span words"}));
+                m.remove("origin");
+                m.remove("correlation_id");
+            }),
+        ] {
+            let e = parse_event(json.as_bytes(), &limits).unwrap();
+            let at = Timestamp::parse_rfc3339("2026-11-20T23:59:59.999999Z").unwrap();
+            let v = e.view(Some(at), Some("sec-17a-4-a"));
+            let mut text = String::new();
+            write_view(&v, &mut text);
+            let bytes = text.as_bytes();
+            assert!(view_matches(&v, bytes), "{text}");
+            // Any change, a missing byte or an extra one is a mismatch.
+            for i in 0..bytes.len() {
+                let mut changed = bytes.to_vec();
+                changed[i] ^= 0x20;
+                assert!(!view_matches(&v, &changed), "byte {i} of {text}");
+            }
+            assert!(!view_matches(&v, &bytes[..bytes.len() - 1]));
+            assert!(!view_matches(&v, &[bytes, b" "].concat()));
+        }
+    }
 
     fn limits() -> Limits {
         Limits {
