@@ -357,6 +357,72 @@ fn the_local_store_passes_without_a_canary() {
     assert!(!dir.path().join("archive/preflight").exists());
 }
 
+/// `/readyz` keeps checking: a bucket whose default retention is switched to GOVERNANCE while
+/// the daemon runs turns it not ready, naming the property; switching back makes it ready.
+#[test]
+fn readyz_follows_the_bucket() {
+    use wormvault::loadgen::{Client, free_port};
+    let dir = tempfile::tempdir().unwrap();
+    let name = bucket(Setup::AsTheModuleIntends);
+    let config = s3_config(dir.path(), &name, &s3_endpoint());
+    let port = free_port();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut child = wormvault(&config, &["serve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = Client::new(&format!("http://127.0.0.1:{port}"));
+    let rt = runtime();
+    let wait_for = |status: u16, within: Duration| -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(r) = rt.block_on(client.get("/readyz"))
+                && r.status == status
+            {
+                return r.text();
+            }
+            assert!(Instant::now() < deadline, "/readyz never answered {status}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let set_mode = |mode: ObjectLockRetentionMode| {
+        let conf = ObjectLockConfiguration::builder()
+            .object_lock_enabled(ObjectLockEnabled::Enabled)
+            .rule(
+                ObjectLockRule::builder()
+                    .default_retention(DefaultRetention::builder().mode(mode).days(2192).build())
+                    .build(),
+            )
+            .build();
+        rt.block_on(
+            admin_client(&s3_endpoint())
+                .put_object_lock_configuration()
+                .bucket(&name)
+                .object_lock_configuration(conf)
+                .send(),
+        )
+        .unwrap();
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for(200, Duration::from_secs(60));
+        set_mode(ObjectLockRetentionMode::Governance);
+        let body = wait_for(503, Duration::from_secs(20));
+        assert!(body.contains("default_mode"), "{body}");
+        set_mode(ObjectLockRetentionMode::Compliance);
+        wait_for(200, Duration::from_secs(20));
+    }));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
 /// The daemon does not start on a bucket that fails the check, and says why.
 #[test]
 fn the_daemon_refuses_an_unfit_bucket() {
