@@ -11,7 +11,9 @@
 //! metadata and finally the object with `link(2)`, which fails if the target exists: creation
 //! is atomic and create-only. An object is *present* once its file is linked; metadata
 //! without an object is the trace of an interrupted put and is replaced by the next put of
-//! that key. There is no delete and no overwrite. HEAD reports no stored checksum, because a
+//! that key. Publishing holds an exclusive lock on `tmp/put.lock` (`flock(2)`), so puts of the
+//! same key from several threads or processes cannot take each other's metadata for such a
+//! trace. There is no delete and no overwrite. HEAD reports no stored checksum, because a
 //! file system keeps none: verifiers must read and hash the bytes, which is what catches a
 //! file changed behind the store's back.
 //!
@@ -140,6 +142,12 @@ impl LocalStore {
             let meta_path = self.meta_path(key);
             fs::create_dir_all(meta_path.parent().expect("has parent")).map_err(io_err)?;
             fs::create_dir_all(obj.parent().expect("has parent")).map_err(io_err)?;
+            // Linking the metadata, then the object, is one step for every writer of this
+            // store, in any process: otherwise a second put of the same key could take the
+            // first one's metadata, seen without its object yet, for an interrupted put's
+            // leftover and replace it under the first one's feet.
+            let lock = fs::File::create(tmp.join("put.lock")).map_err(io_err)?;
+            lock.lock().map_err(io_err)?;
             match fs::hard_link(&tmp_meta, &meta_path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -159,6 +167,7 @@ impl LocalStore {
                 }
                 Err(e) => return Err(io_err(e)),
             }
+            drop(lock);
             sync_dir(obj.parent().expect("has parent")).map_err(io_err)?;
             sync_dir(meta_path.parent().expect("has parent")).map_err(io_err)?;
             Ok(())

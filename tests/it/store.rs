@@ -111,6 +111,56 @@ fn retries_are_idempotent_and_changes_are_conflicts(backend: Backend) {
 }
 both!(retries_are_idempotent_and_changes_are_conflicts);
 
+/// Several writers putting the same key at once with different bytes (two daemons anchoring
+/// the same day sign different notes): exactly one creates it, every other one is told it
+/// exists with other content, and what is stored is the winner's object, sealed as such.
+fn concurrent_puts_of_one_key_create_it_once(backend: Backend) {
+    let t = Target::new(backend);
+    let store = t.store();
+    let rounds = if backend == Backend::Local { 200 } else { 10 };
+    t.rt.block_on(async {
+        for round in 0..rounds {
+            let key = format!("anchors/dt=2026-11-20/race-{round}");
+            let tasks: Vec<_> = (0..8u8)
+                .map(|w| {
+                    let body = Bytes::from(format!("writer {w} of {key}"));
+                    let req = PutRequest::new(key.clone(), body, retain_until(), "text/plain");
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        (
+                            req.body.clone(),
+                            put_or_confirm(store.as_ref(), &req, false).await,
+                        )
+                    })
+                })
+                .collect();
+            let mut winner = None;
+            for task in tasks {
+                match task.await.unwrap() {
+                    (body, Ok(receipt)) => {
+                        assert!(!receipt.already_existed, "{key}");
+                        assert!(
+                            winner.replace((body, receipt)).is_none(),
+                            "two writers created {key}"
+                        );
+                    }
+                    (_, Err(StoreError::Conflict { .. })) => {}
+                    (_, Err(e)) => panic!("{key}: {e}"),
+                }
+            }
+            let (body, receipt) = winner.unwrap_or_else(|| panic!("nobody created {key}"));
+            assert_eq!(store.get(&key, None).await.unwrap(), body);
+            let head = store.head(&key, None).await.unwrap();
+            assert_eq!(
+                head.version_id.as_deref(),
+                Some(receipt.version_id.as_str())
+            );
+            assert_eq!(store.versions_of(&key).await.unwrap().len(), 1);
+        }
+    });
+}
+both!(concurrent_puts_of_one_key_create_it_once);
+
 /// There is no delete in the store API (see `tidy`); here the lock itself is shown to hold:
 /// the server refuses to delete a sealed version, and the local store's files are read-only.
 fn sealed_objects_cannot_be_deleted(backend: Backend) {
