@@ -15,7 +15,7 @@
 //! The last is proved, not read from configuration: a canary is written under `preflight/`
 //! and its deletion attempted ([`crate::store::canary`]). The daemon runs the whole check at
 //! start-up (and will not start on a bucket that fails it), the configuration part every
-//! few seconds for `/readyz`, and the canary again once a day.
+//! few seconds for `/readyz`, and the whole check (canary and mirror) again once a day.
 
 use serde::Serialize;
 

@@ -84,7 +84,6 @@ pub async fn run(
     };
     let archive = Archive::open(settings.clone()).await?;
     tracing::info!(writer = %archive.writer, store = %archive.store.describe(), "Archive opened.");
-    let min_days = settings.server.min_default_retention_days;
     // The bucket check: a bucket that is reachable and unfit stops the start; an unreachable
     // one does not (events are spooled; `/readyz` says not ready until the check passes).
     let bucket = match crate::bucket::check_configured(&settings, &*archive.store, &archive.writer)
@@ -168,9 +167,8 @@ pub async fn run(
     });
     let checker = tokio::spawn(readiness_loop(
         archive.store.clone(),
-        settings.layout.clone(),
+        settings.clone(),
         archive.writer.clone(),
-        min_days,
         bucket,
         shared.clone(),
     ));
@@ -279,39 +277,41 @@ const CANARY_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// ([`crate::bucket`]); `/readyz` reports the result.
 async fn readiness_loop(
     store: Arc<dyn crate::store::WormStore>,
-    layout: crate::layout::Layout,
+    settings: Settings,
     writer: crate::layout::WriterId,
-    min_days: u32,
     mut full: Option<crate::bucket::BucketReport>,
     shared: Arc<Shared>,
 ) {
+    let min_days = settings.server.min_default_retention_days;
     let mut full_at = full.as_ref().map(|_| std::time::Instant::now());
     loop {
         let due = full_at.is_none_or(|t| t.elapsed() >= CANARY_EVERY);
         let checked = if due {
-            crate::bucket::check(&*store, &layout, &writer, min_days).await
+            crate::bucket::check_configured(&settings, &*store, &writer).await
         } else {
-            crate::bucket::check_configuration(&*store, min_days).await
+            crate::bucket::check_configuration(&*store, min_days)
+                .await
+                .map_err(|e| e.to_string())
         };
-        let (ready, problems) = match checked {
-            Ok(report) => {
-                if due {
-                    full_at = Some(std::time::Instant::now());
-                    full = Some(report.clone());
+        let (ready, problems) =
+            match checked {
+                Ok(report) => {
+                    if due {
+                        full_at = Some(std::time::Instant::now());
+                        full = Some(report.clone());
+                    }
+                    // The delete probe's and the mirror's last results stand until the next daily
+                    // check.
+                    let mut problems = report.problems();
+                    if !due && let Some(f) = &full {
+                        problems.extend(f.problems().into_iter().filter(|p| {
+                            p.starts_with("locked_delete") || p.starts_with("mirror ")
+                        }));
+                    }
+                    (problems.is_empty(), problems)
                 }
-                // The delete probe's last result stands until it runs again.
-                let mut problems = report.problems();
-                if !due && let Some(f) = &full {
-                    problems.extend(
-                        f.problems()
-                            .into_iter()
-                            .filter(|p| p.starts_with("locked_delete")),
-                    );
-                }
-                (problems.is_empty(), problems)
-            }
-            Err(e) => (false, vec![format!("the store is not reachable: {e}")]),
-        };
+                Err(e) => (false, vec![format!("the store is not reachable: {e}")]),
+            };
         let (was, first) = {
             let r = shared.readiness.read().expect("lock");
             (r.ready, r.checked_at.is_none())
