@@ -28,7 +28,7 @@ use sha2::Digest as _;
 
 use crate::canonical::{self, write_string};
 use crate::merkle::{self, Hash};
-use crate::timestamp::{Timestamp, TimestampError};
+use crate::timestamp::{Day, Timestamp, TimestampError};
 
 /// Who acted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -845,7 +845,7 @@ pub fn view_matches(v: &RecordView<'_>, canonical: &[u8]) -> bool {
         pos: 0,
         ok: true,
         escaped: String::new(),
-        days: [(i64::MIN, [0; 10]); 2],
+        days: [None; 2],
         next_day: 0,
     };
     write_view_spans(v, &mut m);
@@ -888,7 +888,7 @@ struct Matcher<'a> {
     escaped: String,
     /// The last two days seen and their `YYYY-MM-DD`: a row's `ingested_at` and
     /// `occurred_at` each take one of a few days in a segment.
-    days: [(i64, [u8; 10]); 2],
+    days: [Option<(Day, [u8; 10])>; 2],
     /// The entry of `days` to replace next.
     next_day: usize,
 }
@@ -927,14 +927,12 @@ impl JsonSink for Matcher<'_> {
         if !self.ok {
             return;
         }
-        let day = t.as_micros().div_euclid(86_400_000_000);
-        let date = match self.days.iter().find(|(d, _)| *d == day) {
+        let day = t.day();
+        let date = match self.days.iter().flatten().find(|(d, _)| *d == day) {
             Some((_, date)) => *date,
             None => {
-                let mut text = String::with_capacity(27);
-                t.write_to(&mut text);
-                let date: [u8; 10] = text.as_bytes()[..10].try_into().expect("a date");
-                self.days[self.next_day] = (day, date);
+                let date = t.date_text();
+                self.days[self.next_day] = Some((day, date));
                 self.next_day ^= 1;
                 date
             }

@@ -200,41 +200,38 @@ impl Timestamp {
     /// Appends `YYYY-MM-DDTHH:MM:SS.ffffffZ` (the same text as `Display`, without the
     /// formatting machinery: this runs for every event).
     pub fn write_to(self, out: &mut String) {
-        let secs = self.0.div_euclid(MICROS);
-        let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-        let mut b = *b"0000-00-00";
-        let mut put = |at: usize, width: usize, mut v: u32| {
-            for i in (at..at + width).rev() {
-                b[i] = b'0' + (v % 10) as u8;
-                v /= 10;
-            }
-        };
-        put(0, 4, y as u32);
-        put(5, 2, m);
-        put(8, 2, d);
-        out.push_str(std::str::from_utf8(&b).expect("ASCII"));
+        out.push_str(std::str::from_utf8(&self.date_text()).expect("ASCII"));
         out.push_str(std::str::from_utf8(&self.time_of_day_text()).expect("ASCII"));
+    }
+
+    /// `YYYY-MM-DD`: the text of the UTC day.
+    pub fn date_text(self) -> [u8; 10] {
+        let (y, m, d) = civil_from_days(self.0.div_euclid(DAY_MICROS));
+        let mut b = *b"0000-00-00";
+        put_digits(&mut b, 0, 4, y as u32);
+        put_digits(&mut b, 5, 2, m);
+        put_digits(&mut b, 8, 2, d);
+        b
+    }
+
+    /// `THH:MM:SS.ffffffZ`: the text after the date.
+    pub fn time_of_day_text(self) -> [u8; 17] {
+        let micros = self.0.rem_euclid(MICROS) as u32;
+        let sod = self.0.div_euclid(MICROS).rem_euclid(86_400) as u32;
+        let mut b = *b"T00:00:00.000000Z";
+        put_digits(&mut b, 1, 2, sod / 3600);
+        put_digits(&mut b, 4, 2, (sod / 60) % 60);
+        put_digits(&mut b, 7, 2, sod % 60);
+        put_digits(&mut b, 10, 6, micros);
+        b
     }
 }
 
-impl Timestamp {
-    /// `THH:MM:SS.ffffffZ`: the text after the date.
-    pub fn time_of_day_text(self) -> [u8; 17] {
-        let secs = self.0.div_euclid(MICROS);
-        let micros = self.0.rem_euclid(MICROS) as u32;
-        let sod = secs.rem_euclid(86_400) as u32;
-        let mut b = *b"T00:00:00.000000Z";
-        let mut put = |at: usize, width: usize, mut v: u32| {
-            for i in (at..at + width).rev() {
-                b[i] = b'0' + (v % 10) as u8;
-                v /= 10;
-            }
-        };
-        put(1, 2, sod / 3600);
-        put(4, 2, (sod / 60) % 60);
-        put(7, 2, sod % 60);
-        put(10, 6, micros);
-        b
+/// Writes `v` as `width` decimal digits at `b[at..]`.
+fn put_digits(b: &mut [u8], at: usize, width: usize, mut v: u32) {
+    for i in (at..at + width).rev() {
+        b[i] = b'0' + (v % 10) as u8;
+        v /= 10;
     }
 }
 
