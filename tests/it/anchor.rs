@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use wormvault::anchor::{Anchored, Anchorer};
+use wormvault::anchor::Anchored;
 use wormvault::archive::Archive;
 use wormvault::config::Settings;
 use wormvault::merkle;
@@ -15,7 +15,8 @@ use wormvault::timestamp::{Day, Timestamp};
 
 use crate::both;
 use crate::util::{
-    Backend, BucketKind, Target, admin_client, create_bucket, event, python, unique,
+    Backend, BucketKind, Target, admin_client, anchorer, create_bucket, event, python, unique,
+    wormvault,
 };
 
 fn day(s: &str) -> Day {
@@ -60,12 +61,6 @@ fn events_on(prefix: &str, d: &str, n: usize) -> Vec<(String, String)> {
             )
         })
         .collect()
-}
-
-fn anchorer(t: &Target, settings: &Settings) -> Anchorer {
-    t.rt.block_on(Anchorer::from_settings(settings, t.store()))
-        .unwrap()
-        .unwrap()
 }
 
 fn yesterday() -> Day {
@@ -164,15 +159,9 @@ fn anchors_cover_every_day_including_empty_days_and_late_events(backend: Backend
 
     // A late event is found and proven; the proof verifies offline, here and independently.
     let bundle_path = t.dir.path().join("late-002.json");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wormvault"))
-        .args(["--config"])
-        .arg(write_config(
-            &t,
-            &settings_text(&t, &anchor_toml(&key_path, &[], "")),
-        ))
-        .args(["prove", "late-002", "--out"])
+    let config = t.config_file("cli-state", &anchor_toml(&key_path, &[], ""));
+    let out = wormvault(&config, &["prove", "late-002", "--out"])
         .arg(&bundle_path)
-        .envs(aws_env())
         .output()
         .unwrap();
     // Today is not anchored yet: the proof must wait for it.
@@ -204,38 +193,6 @@ fn anchors_cover_every_day_including_empty_days_and_late_events(backend: Backend
 }
 both!(anchors_cover_every_day_including_empty_days_and_late_events);
 
-fn settings_text(t: &Target, extra: &str) -> String {
-    let store = match t.backend {
-        Backend::Local => format!(
-            "[store]\nkind = \"local\"\n[store.local]\npath = {:?}\n",
-            t.archive_dir().display().to_string()
-        ),
-        Backend::LocalStack => format!(
-            "[store]\nkind = \"s3\"\n[store.s3]\nbucket = {:?}\nendpoint = {:?}\n",
-            t.bucket, t.endpoint
-        ),
-    };
-    format!(
-        "state_dir = {:?}\n{extra}\n{store}",
-        t.dir.path().join("cli-state").display().to_string()
-    )
-}
-
-fn write_config(t: &Target, text: &str) -> PathBuf {
-    let path = t.dir.path().join(format!("{}.toml", unique("cfg")));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn aws_env() -> Vec<(String, String)> {
-    vec![
-        ("AWS_ACCESS_KEY_ID".into(), "test".into()),
-        ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
-        ("AWS_REGION".into(), "us-east-1".into()),
-        ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
-    ]
-}
-
 fn a_proof_verifies_offline_and_fails_on_any_changed_byte(backend: Backend) {
     let t = Target::new(backend);
     let (key_path, key) = keyfile(&t, "wv-proof");
@@ -251,16 +208,8 @@ fn a_proof_verifies_offline_and_fails_on_any_changed_byte(backend: Backend) {
         events.extend(events_on("q", "2026-11-19", 11));
         import_events(&t, &archive, &events);
     }
-    let config = write_config(&t, &settings_text(&t, &toml));
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_wormvault"))
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .envs(aws_env())
-            .output()
-            .unwrap()
-    };
+    let config = t.config_file("cli-state", &toml);
+    let run = |args: &[&str]| wormvault(&config, args).output().unwrap();
     let out = run(&["anchor", "--day", "2026-11-19"]);
     assert!(
         out.status.success(),

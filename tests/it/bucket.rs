@@ -2,7 +2,7 @@
 //! refusal to start on a bucket that fails it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::types::{
@@ -10,7 +10,9 @@ use aws_sdk_s3::types::{
     ObjectLockRetentionMode, ObjectLockRule, VersioningConfiguration,
 };
 
-use crate::util::{BucketKind, admin_client, create_bucket, runtime, s3_endpoint, unique};
+use crate::util::{
+    BucketKind, admin_client, create_bucket, runtime, s3_endpoint, unique, wormvault,
+};
 
 /// How a test bucket is set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,17 +92,6 @@ fn s3_config(dir: &Path, bucket: &str, endpoint: &str) -> PathBuf {
             "[store]\nkind = \"s3\"\n[store.s3]\nbucket = {bucket:?}\nendpoint = {endpoint:?}\nconnect_timeout = \"1s\"\noperation_timeout = \"5s\"\n"
         ),
     )
-}
-
-fn wormvault(config: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wormvault"));
-    cmd.arg("--config")
-        .arg(config)
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true");
-    cmd
 }
 
 /// Runs `bucket check --json`: the exit code and the report.

@@ -167,14 +167,7 @@ fn shared_bucket(rt: &tokio::runtime::Runtime, prefix: &str) -> (String, String)
 
 /// Runs `wormvault --config CONFIG ARGS` against LocalStack and asserts it succeeds.
 fn cli_succeeds(config: &Path, args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_wormvault"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .output()
-        .unwrap();
+    let out = crate::util::wormvault(config, args).output().unwrap();
     assert!(
         out.status.success(),
         "wormvault {args:?} failed:\n{}{}",

@@ -1,12 +1,11 @@
 //! Retrieval: record indexes and queries, checked against a brute-force scan.
 
-use wormvault::anchor::Anchorer;
 use wormvault::manifest::Manifest;
 use wormvault::retrieve::{Entry, Filter, query};
 use wormvault::timestamp::{Day, Timestamp};
 
 use crate::both;
-use crate::util::{Backend, Target};
+use crate::util::{Backend, Target, anchor_up_to_yesterday, wormvault};
 
 /// A small deterministic generator (xorshift).
 struct Rng(u64);
@@ -94,12 +93,7 @@ fn queries_equal_a_brute_force_scan(backend: Backend) {
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     import_text(&t, &settings, events(&mut rng, "e", &DAYS, 400));
     // Anchoring indexes every day up to yesterday.
-    let anchorer =
-        t.rt.block_on(Anchorer::from_settings(&settings, t.store()))
-            .unwrap()
-            .unwrap();
-    t.rt.block_on(anchorer.anchor_through(Timestamp::now().day().prev()))
-        .unwrap();
+    anchor_up_to_yesterday(&t, &settings);
     // Late events: their days are anchored, so they land in today's (unindexed) segments.
     import_text(&t, &settings, events(&mut rng, "late", &DAYS[..2], 30));
     let store = t.store();
@@ -209,12 +203,7 @@ fn a_rebuilt_index_is_byte_for_byte_the_stored_one(backend: Backend) {
     let settings = anchored_settings(&t);
     let mut rng = Rng(77);
     import_text(&t, &settings, events(&mut rng, "r", &DAYS[2..], 120));
-    let anchorer =
-        t.rt.block_on(Anchorer::from_settings(&settings, t.store()))
-            .unwrap()
-            .unwrap();
-    t.rt.block_on(anchorer.anchor_through(Timestamp::now().day().prev()))
-        .unwrap();
+    anchor_up_to_yesterday(&t, &settings);
     let store = t.store();
     let d = Day::parse("2026-11-18").unwrap();
     let until = settings
@@ -318,12 +307,7 @@ fn a_package_validates_independently_and_any_change_fails(backend: Backend) {
     let settings = anchored_settings(&t);
     let mut rng = Rng(4242);
     import_text(&t, &settings, events(&mut rng, "p", &DAYS, 200));
-    let anchorer =
-        t.rt.block_on(Anchorer::from_settings(&settings, t.store()))
-            .unwrap()
-            .unwrap();
-    t.rt.block_on(anchorer.anchor_through(Timestamp::now().day().prev()))
-        .unwrap();
+    anchor_up_to_yesterday(&t, &settings);
     let a = settings.anchor.as_ref().unwrap();
     let signer = a.load_signer().unwrap();
     let request = wormvault::rti::Request {
@@ -464,33 +448,10 @@ fn command_line_retrievals_are_recorded_and_retrievable(backend: Backend) {
     let mut rng = Rng(99);
     let settings = t.settings();
     import_text(&t, &settings, events(&mut rng, "c", &DAYS, 40));
-    let store = match backend {
-        Backend::Local => format!(
-            "[store.local]\npath = {:?}\n",
-            t.archive_dir().display().to_string()
-        ),
-        Backend::LocalStack => format!(
-            "[store]\nkind = \"s3\"\n[store.s3]\nbucket = {:?}\nendpoint = {:?}\n",
-            t.bucket, t.endpoint
-        ),
-    };
-    let config = t.dir.path().join("cli.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = {:?}\n{store}",
-            t.dir.path().join("cli-state").display().to_string()
-        ),
-    )
-    .unwrap();
+    let config = t.config_file("cli-state", "");
     let query = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wormvault"))
-            .arg("--config")
-            .arg(&config)
-            .args(["rti", "query", "--requester", "tester"])
+        let out = wormvault(&config, &["rti", "query", "--requester", "tester"])
             .args(args)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
             .output()
             .unwrap();
         assert!(
@@ -507,10 +468,7 @@ fn command_line_retrievals_are_recorded_and_retrievable(backend: Backend) {
     let t1 = query(&["--subject-id", "T-1", "--case", "CASE-9"]);
     assert!(t1.iter().all(|r| r["event"]["subject"]["id"] == "T-1"));
     // A filter that names nothing is refused, and records nothing.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wormvault"))
-        .arg("--config")
-        .arg(&config)
-        .args(["rti", "query", "--from", "2026-11-16"])
+    let out = wormvault(&config, &["rti", "query", "--from", "2026-11-16"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

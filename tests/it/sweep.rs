@@ -449,15 +449,7 @@ fn verify_exit_codes_and_stored_reports() {
         ),
     )
     .unwrap();
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_wormvault"))
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .env("WORMVAULT_LOG", "error")
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| crate::util::wormvault(&config, args).output().unwrap();
     let clean = run(&["verify", "--full"]);
     assert_eq!(
         clean.status.code(),

@@ -138,8 +138,9 @@ impl Target {
         self.dir.path().join("archive")
     }
 
-    /// Settings for a writer whose state lives in `state` (a subdirectory), plus `extra` TOML.
-    pub fn settings_in(&self, state: &str, extra: &str) -> Settings {
+    /// A configuration for a writer whose state lives in `state` (a subdirectory): `extra`
+    /// TOML, then this target's `[store]`.
+    pub fn config_text(&self, state: &str, extra: &str) -> String {
         let store = match self.backend {
             Backend::Local => format!(
                 "[store]\nkind = \"local\"\n[store.local]\npath = {:?}\n",
@@ -150,12 +151,23 @@ impl Target {
                 self.bucket, self.endpoint
             ),
         };
-        let text = format!(
+        format!(
             "state_dir = {:?}\n{extra}\n{store}",
             self.dir.path().join(state).display().to_string()
-        );
+        )
+    }
+
+    /// [`Target::config_text`] written to a new file, for the command line.
+    pub fn config_file(&self, state: &str, extra: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{}.toml", unique("cfg")));
+        std::fs::write(&path, self.config_text(state, extra)).unwrap();
+        path
+    }
+
+    /// Settings for a writer whose state lives in `state` (a subdirectory), plus `extra` TOML.
+    pub fn settings_in(&self, state: &str, extra: &str) -> Settings {
         let env = std::env::vars().filter(|(k, _)| k.starts_with("AWS_"));
-        Settings::from_toml("test", &text, env).unwrap()
+        Settings::from_toml("test", &self.config_text(state, extra), env).unwrap()
     }
 
     pub fn settings(&self) -> Settings {
@@ -192,6 +204,37 @@ impl Target {
             }
         }
     }
+}
+
+/// `wormvault --config CONFIG ARGS`, with the test server's credentials and quiet logs.
+pub fn wormvault(config: &Path, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wormvault"));
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .env("WORMVAULT_LOG", "error")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    cmd
+}
+
+/// The anchorer `settings` describe, on the target's store.
+pub fn anchorer(t: &Target, settings: &Settings) -> wormvault::anchor::Anchorer {
+    t.rt.block_on(wormvault::anchor::Anchorer::from_settings(
+        settings,
+        t.store(),
+    ))
+    .unwrap()
+    .unwrap()
+}
+
+/// Anchors (and so indexes) every day of the archive up to yesterday.
+pub fn anchor_up_to_yesterday(t: &Target, settings: &Settings) {
+    let yesterday = wormvault::timestamp::Timestamp::now().day().prev();
+    t.rt.block_on(anchorer(t, settings).anchor_through(yesterday))
+        .unwrap();
 }
 
 /// Runs a test body against the local store and against LocalStack, as two tests.
