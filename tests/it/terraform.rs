@@ -269,29 +269,69 @@ fn check_deny_statement(
 
 // ------------------------------------------------------------------ the module checks
 
-fn check_aws_archive(cfg: &Config) -> Vec<String> {
-    let mut p = Vec::new();
-    let vars = cfg.variables();
-    let bucket = "aws_s3_bucket.archive";
-    let Some(b) = cfg.resource("aws_s3_bucket", "archive") else {
-        return vec!["no aws_s3_bucket.archive".into()];
+/// A provider's names for what a WORM archive bucket is made of.
+struct Provider {
+    bucket: &'static str,
+    /// The bucket's argument that enables Object Lock at creation.
+    lock_argument: &'static str,
+    versioning: &'static str,
+    lock_configuration: &'static str,
+    bucket_policy: &'static str,
+    policy_document: &'static str,
+    /// What an identity is called: a role, a service account.
+    identity: &'static str,
+}
+
+const AWS_PROVIDER: Provider = Provider {
+    bucket: "aws_s3_bucket",
+    lock_argument: "object_lock_enabled",
+    versioning: "aws_s3_bucket_versioning",
+    lock_configuration: "aws_s3_bucket_object_lock_configuration",
+    bucket_policy: "aws_s3_bucket_policy",
+    policy_document: "aws_iam_policy_document",
+    identity: "role",
+};
+
+const MINIO_PROVIDER: Provider = Provider {
+    bucket: "minio_s3_bucket",
+    lock_argument: "object_locking",
+    versioning: "minio_s3_bucket_versioning",
+    lock_configuration: "minio_s3_bucket_object_lock_configuration",
+    bucket_policy: "minio_s3_bucket_policy",
+    policy_document: "minio_iam_policy_document",
+    identity: "service account",
+};
+
+/// What every provider's `archive` bucket must have: lock at creation, no force_destroy,
+/// versioning, a COMPLIANCE default of at least three years, and a bucket policy with the
+/// deny statement. Returns the bucket's reference and its policy document, for the
+/// provider's own checks; `None` when there is no archive bucket at all.
+fn check_archive_bucket<'a>(
+    cfg: &'a Config,
+    pv: &Provider,
+    p: &mut Vec<String>,
+) -> Option<(String, Option<&'a Body>)> {
+    let bucket = format!("{}.archive", pv.bucket);
+    let Some(b) = cfg.resource(pv.bucket, "archive") else {
+        p.push(format!("no {bucket}"));
+        return None;
     };
-    if !is_true(attr(b, "object_lock_enabled")) {
-        p.push("the archive bucket is not created with object_lock_enabled = true".into());
+    if !is_true(attr(b, pv.lock_argument)) {
+        p.push(format!(
+            "the archive bucket is not created with {} = true",
+            pv.lock_argument
+        ));
     }
     if is_true(attr(b, "force_destroy")) {
         p.push("the archive bucket has force_destroy = true".into());
     }
     if !cfg
-        .attached("aws_s3_bucket_versioning", bucket)
+        .attached(pv.versioning, &bucket)
         .any(|v| is_str(path(v, &["versioning_configuration", "status"]), "Enabled"))
     {
         p.push("versioning is not Enabled on the archive bucket".into());
     }
-    match cfg
-        .attached("aws_s3_bucket_object_lock_configuration", bucket)
-        .next()
-    {
+    match cfg.attached(pv.lock_configuration, &bucket).next() {
         None => {
             p.push("no object lock configuration (default retention) for the archive bucket".into())
         }
@@ -304,11 +344,51 @@ fn check_aws_archive(cfg: &Config) -> Vec<String> {
             }
             check_default_days(
                 path(lock, &["rule", "default_retention", "days"]),
-                &vars,
-                &mut p,
+                &cfg.variables(),
+                p,
             );
         }
     }
+    let doc = cfg
+        .attached(pv.bucket_policy, &bucket)
+        .next()
+        .and_then(|pol| policy_doc(cfg, attr(pol, "policy"), pv.policy_document));
+    match doc {
+        None => p.push(format!(
+            "no bucket policy (from a {}) on the archive bucket",
+            pv.policy_document
+        )),
+        Some(doc) => {
+            check_deny_statement(cfg, doc, "the archive bucket policy", p);
+        }
+    }
+    Some((bucket, doc))
+}
+
+/// The `daemon` and `reader` identity policies: least privilege, and what the daemon uses.
+fn check_identities(cfg: &Config, pv: &Provider, daemon_also_needs: &[&str]) -> Vec<String> {
+    let mut p = Vec::new();
+    for (name, read_only) in [("daemon", false), ("reader", true)] {
+        let Some(doc) = cfg.data(pv.policy_document, name) else {
+            p.push(format!("no {}.{name}", pv.policy_document));
+            continue;
+        };
+        let who = format!("the {name} {}", pv.identity);
+        let granted = check_identity_policy(cfg, doc, &who, read_only, &mut p);
+        if name == "daemon" {
+            require(&granted, &DAEMON_NEEDS, &who, &mut p);
+            require(&granted, daemon_also_needs, &who, &mut p);
+        }
+    }
+    p
+}
+
+fn check_aws_archive(cfg: &Config) -> Vec<String> {
+    let mut p = Vec::new();
+    let Some((bucket, policy)) = check_archive_bucket(cfg, &AWS_PROVIDER, &mut p) else {
+        return p;
+    };
+    let bucket = bucket.as_str();
     match cfg
         .attached("aws_s3_bucket_server_side_encryption_configuration", bucket)
         .next()
@@ -379,30 +459,20 @@ fn check_aws_archive(cfg: &Config) -> Vec<String> {
             }
         }
     }
-    match cfg
-        .attached("aws_s3_bucket_policy", bucket)
-        .next()
-        .and_then(|pol| policy_doc(cfg, attr(pol, "policy"), "aws_iam_policy_document"))
-    {
-        None => p.push(
-            "no bucket policy (from an aws_iam_policy_document) on the archive bucket".into(),
-        ),
-        Some(doc) => {
-            check_deny_statement(cfg, doc, "the archive bucket policy", &mut p);
-            let tls = statements(doc).into_iter().any(|s| {
-                is_deny(s)
-                    && applies_to_everyone(s)
-                    && blocks(s, "condition").any(|c| {
-                        is_str(attr(c, "variable"), "aws:SecureTransport")
-                            && attr(c, "values").is_some_and(|v| v.to_string().contains("false"))
-                    })
-            });
-            if !tls {
-                p.push("the archive bucket policy does not deny requests without TLS".into());
-            }
+    if let Some(doc) = policy {
+        let tls = statements(doc).into_iter().any(|s| {
+            is_deny(s)
+                && applies_to_everyone(s)
+                && blocks(s, "condition").any(|c| {
+                    is_str(attr(c, "variable"), "aws:SecureTransport")
+                        && attr(c, "values").is_some_and(|v| v.to_string().contains("false"))
+                })
+        });
+        if !tls {
+            p.push("the archive bucket policy does not deny requests without TLS".into());
         }
     }
-    match vars.get("break_glass_principal_arns") {
+    match cfg.variables().get("break_glass_principal_arns") {
         Some(Some(Expression::Array(a))) if a.is_empty() => {}
         _ => p.push("break_glass_principal_arns must exist and default to no one".into()),
     }
@@ -511,106 +581,21 @@ const DAEMON_NEEDS: [&str; 7] = [
 ];
 
 fn check_aws_daemon_iam(cfg: &Config) -> Vec<String> {
-    let mut p = Vec::new();
-    for (name, read_only) in [("daemon", false), ("reader", true)] {
-        let Some(doc) = cfg.data("aws_iam_policy_document", name) else {
-            p.push(format!("no aws_iam_policy_document.{name}"));
-            continue;
-        };
-        let granted =
-            check_identity_policy(cfg, doc, &format!("the {name} role"), read_only, &mut p);
-        if name == "daemon" {
-            require(&granted, &DAEMON_NEEDS, "the daemon role", &mut p);
-            require(
-                &granted,
-                &["kms:GenerateDataKey", "kms:Decrypt"],
-                "the daemon role",
-                &mut p,
-            );
-        }
-    }
-    p
+    check_identities(cfg, &AWS_PROVIDER, &["kms:GenerateDataKey", "kms:Decrypt"])
 }
 
 fn check_minio_archive(cfg: &Config) -> Vec<String> {
     let mut p = Vec::new();
-    let vars = cfg.variables();
-    let bucket = "minio_s3_bucket.archive";
-    let Some(b) = cfg.resource("minio_s3_bucket", "archive") else {
-        return vec!["no minio_s3_bucket.archive".into()];
+    let Some((bucket, _)) = check_archive_bucket(cfg, &MINIO_PROVIDER, &mut p) else {
+        return p;
     };
-    if !is_true(attr(b, "object_locking")) {
-        p.push("the archive bucket is not created with object_locking = true".into());
-    }
-    if is_true(attr(b, "force_destroy")) {
-        p.push("the archive bucket has force_destroy = true".into());
-    }
     if !cfg
-        .attached("minio_s3_bucket_versioning", bucket)
-        .any(|v| is_str(path(v, &["versioning_configuration", "status"]), "Enabled"))
-    {
-        p.push("versioning is not Enabled on the archive bucket".into());
-    }
-    match cfg
-        .attached("minio_s3_bucket_object_lock_configuration", bucket)
-        .next()
-    {
-        None => {
-            p.push("no object lock configuration (default retention) for the archive bucket".into())
-        }
-        Some(lock) => {
-            if !is_str(
-                path(lock, &["rule", "default_retention", "mode"]),
-                "COMPLIANCE",
-            ) {
-                p.push("the default retention mode is not COMPLIANCE".into());
-            }
-            check_default_days(
-                path(lock, &["rule", "default_retention", "days"]),
-                &vars,
-                &mut p,
-            );
-        }
-    }
-    if !cfg
-        .attached("minio_s3_bucket_server_side_encryption", bucket)
+        .attached("minio_s3_bucket_server_side_encryption", &bucket)
         .any(|e| is_str(attr(e, "encryption_type"), "aws:kms"))
     {
         p.push("the archive bucket is not encrypted with SSE-KMS".into());
     }
-    match cfg
-        .attached("minio_s3_bucket_policy", bucket)
-        .next()
-        .and_then(|pol| policy_doc(cfg, attr(pol, "policy"), "minio_iam_policy_document"))
-    {
-        None => p.push(
-            "no bucket policy (from a minio_iam_policy_document) on the archive bucket".into(),
-        ),
-        Some(doc) => {
-            check_deny_statement(cfg, doc, "the archive bucket policy", &mut p);
-        }
-    }
-    for (name, read_only) in [("daemon", false), ("reader", true)] {
-        let Some(doc) = cfg.data("minio_iam_policy_document", name) else {
-            p.push(format!("no minio_iam_policy_document.{name}"));
-            continue;
-        };
-        let granted = check_identity_policy(
-            cfg,
-            doc,
-            &format!("the {name} service account"),
-            read_only,
-            &mut p,
-        );
-        if name == "daemon" {
-            require(
-                &granted,
-                &DAEMON_NEEDS,
-                "the daemon service account",
-                &mut p,
-            );
-        }
-    }
+    p.extend(check_identities(cfg, &MINIO_PROVIDER, &[]));
     p
 }
 
