@@ -795,22 +795,24 @@ fn rti_export_cmd(
         filter,
     };
     let rt = runtime();
-    let audit = crate::retrieve::audit_event(
-        &format!("cli:{}", request.requester),
+    let store = match cli_retrieval(
+        &rt,
+        &settings,
         "rti.export",
+        &request.requester,
         &request.case_id,
         &request.filter,
-        None,
-    );
-    if let Err(code) = record_cli_retrieval(&rt, &settings, audit) {
-        return code;
-    }
-    let result = rt.block_on(async {
-        let store = crate::archive::open_store(&settings)
-            .await
-            .map_err(|e| e.to_string())?;
-        crate::rti::export(&store, &settings.layout, &keys, &signer, &request).await
-    });
+    ) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let result = rt.block_on(crate::rti::export(
+        &store,
+        &settings.layout,
+        &keys,
+        &signer,
+        &request,
+    ));
     match result {
         Ok(p) => {
             if let Err(e) = std::fs::OpenOptions::new()
@@ -963,11 +965,19 @@ fn index_rebuild_cmd(settings: Settings, day: Option<String>) -> ExitCode {
 
 /// Archives the event that records a retrieval from the command line, through this
 /// configuration's writer, before anything is retrieved.
-fn record_cli_retrieval(
+/// Archives the retrieval (`action` of `filter` for `case`, asked by `requester`) before
+/// anything is retrieved; returns the archive's store to retrieve from. Nothing is retrieved if the
+/// retrieval cannot be recorded.
+fn cli_retrieval(
     rt: &tokio::runtime::Runtime,
     settings: &Settings,
-    event: String,
-) -> Result<(), ExitCode> {
+    action: &str,
+    requester: &str,
+    case: &str,
+    filter: &crate::retrieve::Filter,
+) -> Result<std::sync::Arc<dyn crate::store::WormStore>, ExitCode> {
+    let event =
+        crate::retrieve::audit_event(&format!("cli:{requester}"), action, case, filter, None);
     let archive = open_archive(rt, settings.clone())?;
     let summary = import(
         &archive,
@@ -977,7 +987,7 @@ fn record_cli_retrieval(
         &mut |_| {},
     );
     match summary {
-        Ok(s) if s.accepted == 1 => Ok(()),
+        Ok(s) if s.accepted == 1 => Ok(archive.store.clone()),
         Ok(_) => {
             eprintln!(
                 "error: the retrieval could not be recorded in the archive; nothing was retrieved"
@@ -997,22 +1007,11 @@ fn rti_query_cmd(settings: Settings, filter: &FilterArgs, case: &str, requester:
         Err(e) => return fail(e),
     };
     let rt = runtime();
-    let audit = crate::retrieve::audit_event(
-        &format!("cli:{requester}"),
-        "rti.query",
-        case,
-        &filter,
-        None,
-    );
-    if let Err(code) = record_cli_retrieval(&rt, &settings, audit) {
-        return code;
-    }
-    let result = rt.block_on(async {
-        let store = crate::archive::open_store(&settings)
-            .await
-            .map_err(|e| e.to_string())?;
-        crate::retrieve::query(&store, &settings.layout, &filter).await
-    });
+    let store = match cli_retrieval(&rt, &settings, "rti.query", requester, case, &filter) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let result = rt.block_on(crate::retrieve::query(&store, &settings.layout, &filter));
     let outcome = match result {
         Ok(o) => o,
         Err(e) => return fail(e),
