@@ -85,10 +85,18 @@ pub async fn run(
     let archive = Archive::open(settings.clone()).await?;
     tracing::info!(writer = %archive.writer, store = %archive.store.describe(), "Archive opened.");
     // The bucket check: a bucket that is reachable and unfit stops the start; an unreachable
-    // one does not (events are spooled; `/readyz` says not ready until the check passes).
-    let bucket = match crate::bucket::check_configured(&settings, &*archive.store, &archive.writer)
+    // or hanging one does not, nor does it hold the start up for longer than
+    // `START_CHECK_WITHIN` (events are spooled; `/readyz` says not ready until it passes).
+    let check = crate::bucket::check_configured(&settings, &*archive.store, &archive.writer);
+    let checked = tokio::time::timeout(START_CHECK_WITHIN, check)
         .await
-    {
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no answer within {} s",
+                START_CHECK_WITHIN.as_secs()
+            ))
+        });
+    let bucket = match checked {
         Ok(report) if report.passed => {
             tracing::info!(store = %report.store, "Bucket check passed: the bucket is fit for the archive.");
             Some(report)
@@ -269,6 +277,9 @@ pub async fn run(
     }
     Ok(())
 }
+
+/// How long the start-up bucket check may hold up the start.
+const START_CHECK_WITHIN: Duration = Duration::from_secs(10);
 
 /// How often the daemon proves again that a locked version cannot be deleted.
 const CANARY_EVERY: Duration = Duration::from_secs(24 * 3600);

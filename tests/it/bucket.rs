@@ -348,26 +348,31 @@ fn the_local_store_passes_without_a_canary() {
     assert!(!dir.path().join("archive/preflight").exists());
 }
 
-/// `/readyz` keeps checking: a bucket whose default retention is switched to GOVERNANCE while
-/// the daemon runs turns it not ready, naming the property; switching back makes it ready.
-#[test]
-fn readyz_follows_the_bucket() {
-    use wormvault::loadgen::{Client, free_port};
-    let dir = tempfile::tempdir().unwrap();
-    let name = bucket(Setup::AsTheModuleIntends);
-    let config = s3_config(dir.path(), &name, &s3_endpoint());
-    let port = free_port();
-    let text = std::fs::read_to_string(&config).unwrap().replace(
+/// Starts `wormvault serve` with `config` on a free port: the process and a client of it.
+fn serve(config: &Path) -> (std::process::Child, wormvault::loadgen::Client) {
+    let port = wormvault::loadgen::free_port();
+    let text = std::fs::read_to_string(config).unwrap().replace(
         "listen = \"127.0.0.1:0\"",
         &format!("listen = \"127.0.0.1:{port}\""),
     );
-    std::fs::write(&config, text).unwrap();
-    let mut child = wormvault(&config, &["serve"])
+    std::fs::write(config, text).unwrap();
+    let child = wormvault(config, &["serve"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let client = Client::new(&format!("http://127.0.0.1:{port}"));
+    let client = wormvault::loadgen::Client::new(&format!("http://127.0.0.1:{port}"));
+    (child, client)
+}
+
+/// `/readyz` keeps checking: a bucket whose default retention is switched to GOVERNANCE while
+/// the daemon runs turns it not ready, naming the property; switching back makes it ready.
+#[test]
+fn readyz_follows_the_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = bucket(Setup::AsTheModuleIntends);
+    let config = s3_config(dir.path(), &name, &s3_endpoint());
+    let (mut child, client) = serve(&config);
     let rt = runtime();
     let wait_for = |status: u16, within: Duration| -> String {
         let deadline = Instant::now() + within;
@@ -412,6 +417,35 @@ fn readyz_follows_the_bucket() {
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
+}
+
+/// A store that accepts connections and never answers does not hold the daemon's start up:
+/// it serves (into its spool) within seconds, not ready.
+#[test]
+fn the_daemon_starts_promptly_when_the_store_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    // Connections complete in the kernel's backlog; nothing ever reads or answers them.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = config(
+        dir.path(),
+        &format!(
+            "[store]\nkind = \"s3\"\n[store.s3]\nbucket = \"hung\"\nendpoint = \"http://{}\"\n",
+            hung.local_addr().unwrap()
+        ),
+    );
+    // No configured writer id: a first start with one asks the store whether it is taken.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("writer_id = \"check-a\"\n", "")).unwrap();
+    let (mut child, client) = serve(&config);
+    let rt = runtime();
+    // A deadline, not a measurement: waiting on the hung store would take minutes (each
+    // request's 60 s operation timeout, retried).
+    let healthy = rt.block_on(client.wait_healthy(Duration::from_secs(30)));
+    let ready = rt.block_on(client.get("/readyz")).map(|r| r.status);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    healthy.unwrap();
+    assert_eq!(ready, Ok(503));
 }
 
 /// The daemon does not start on a bucket that fails the check, and says why.
