@@ -10,7 +10,6 @@
 //! a key that [`Layout::is_canary`] accepts, and only the version it has just written: no
 //! archived object can reach it (an architecture invariant, checked by `tests/it/tidy.rs`).
 
-use aws_sdk_s3::Client;
 use bytes::Bytes;
 
 use super::{PutRequest, StoreError, WormStore};
@@ -72,8 +71,6 @@ pub enum CanaryOutcome {
 /// the check could not run.
 pub(super) async fn probe_s3(
     store: &super::s3::S3Store,
-    client: &Client,
-    bucket: &str,
     layout: &Layout,
     canary: &Canary,
 ) -> Result<CanaryOutcome, StoreError> {
@@ -103,9 +100,10 @@ pub(super) async fn probe_s3(
         }
     };
     let version_id = receipt.version_id;
-    let answer = client
+    let answer = store
+        .client
         .delete_object()
-        .bucket(bucket)
+        .bucket(&store.bucket)
         .key(&key)
         .version_id(&version_id)
         .bypass_governance_retention(true)

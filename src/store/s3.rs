@@ -47,8 +47,8 @@ pub struct S3Settings {
 /// An S3 bucket with Object Lock, used as a WORM store.
 #[derive(Clone, Debug)]
 pub struct S3Store {
-    client: Client,
-    bucket: String,
+    pub(super) client: Client,
+    pub(super) bucket: String,
     description: String,
 }
 
@@ -431,7 +431,7 @@ impl WormStore for S3Store {
         layout: &crate::layout::Layout,
         canary: &super::canary::Canary,
     ) -> Result<super::canary::CanaryOutcome, StoreError> {
-        super::canary::probe_s3(self, &self.client, &self.bucket, layout, canary).await
+        super::canary::probe_s3(self, layout, canary).await
     }
 
     async fn bucket_lock(&self) -> Result<BucketLock, StoreError> {
