@@ -185,9 +185,9 @@ pub enum StoreKind {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `local` (default) or `s3`.
+    /// `local` or `s3`; when absent, `s3` if there is an `s3` section, else `local`.
     #[serde(default)]
-    pub kind: StoreKind,
+    pub kind: Option<StoreKind>,
     /// Key prefix for everything wormvault writes, e.g. `"prod/"`. Default: none.
     #[serde(default)]
     pub prefix: String,
@@ -464,7 +464,7 @@ pub struct SweepSettings {
 
 /// Resolves a `[store]`-shaped section (`[store]`, `[anchor.mirror]`).
 fn resolve_store(
-    kind: StoreKind,
+    kind: Option<StoreKind>,
     local: LocalConfig,
     s3: Option<S3Config>,
     section: &str,
@@ -474,6 +474,19 @@ fn resolve_store(
         v.as_deref().map_or(Ok(default), |s| {
             parse_duration(s).map_err(|m| err(format!("{key}: {m}")))
         })
+    };
+    // An `s3` section without a kind means S3: a production configuration that forgot the
+    // kind must not quietly archive into a local directory.
+    let kind = match (kind, s3.is_some()) {
+        (Some(StoreKind::Local), true) => {
+            return Err(err(format!(
+                "{section}.kind is \"local\" but there is a [{section}.s3] section: \
+                 set kind = \"s3\", or remove the [{section}.s3] section"
+            )));
+        }
+        (Some(kind), _) => kind,
+        (None, true) => StoreKind::S3,
+        (None, false) => StoreKind::Local,
     };
     Ok(match kind {
         StoreKind::Local => StoreSettings::Local {
@@ -1102,6 +1115,14 @@ mod tests {
     }
 
     #[test]
+    fn an_s3_section_without_a_kind_is_s3() {
+        let s = load("[store.s3]\nbucket = \"arch\"\n", &[]).unwrap();
+        assert!(matches!(&s.store, StoreSettings::S3(s3) if s3.bucket == "arch"));
+        let s = load("[store]\nprefix = \"p/\"\n", &[]).unwrap();
+        assert!(matches!(&s.store, StoreSettings::Local { .. }));
+    }
+
+    #[test]
     fn environment_overrides_the_file() {
         let s = load(
             "[store]\nkind = \"local\"\n[batch]\nmax_events = 10\n",
@@ -1131,6 +1152,10 @@ mod tests {
         let e = |t: &str| load(t, &[]).unwrap_err().to_string();
         assert!(e("[batch]\nmax_evnts = 1\n").contains("max_evnts"));
         assert!(e("[store]\nkind = \"s3\"\n").contains("[store.s3]"));
+        assert!(
+            e("[store]\nkind = \"local\"\n[store.s3]\nbucket = \"b\"\n")
+                .contains("store.kind is \"local\" but there is a [store.s3] section")
+        );
         assert!(e("[batch]\nmax_age = \"60\"\n").contains("batch.max_age"));
         assert!(e("[events]\nmax_event_bytes = \"1 XB\"\n").contains("unknown size unit"));
         assert!(e("writer_id = \"Bad_Id\"\n").contains("writer_id"));
