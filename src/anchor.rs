@@ -558,14 +558,15 @@ fn m_key(mirror: &Option<Mirror>, key: impl Fn(&Layout) -> String) -> Option<Str
 /// writer) and closes them in `gate`, so late events go to the current day. With an
 /// `anchorer` it also anchors, once `delay` has passed after each UTC midnight, every day up
 /// to yesterday — but never a day for which this writer still holds sealed batches in its
-/// outbox (`pending` gives the earliest such day): those wait for the store to come back —
-/// and finishes the last week's anchored days (mirror, token, index) where a step failed.
-/// Runs until `stop` is cancelled.
+/// outbox (in `state`): those wait for the store to come back — and finishes the last week's
+/// anchored days (mirror, token, index) where a step failed. The last anchored day is also
+/// kept in `state`, for a start while the store cannot be listed. Runs until `stop` is
+/// cancelled.
 pub async fn run_scheduled(
     store: Arc<dyn WormStore>,
     layout: Layout,
     anchorer: Option<Anchorer>,
-    pending: impl Fn() -> Option<Day> + Send,
+    state: Arc<crate::state::State>,
     delay: std::time::Duration,
     gate: crate::batch::DayGate,
     stop: tokio_util::sync::CancellationToken,
@@ -576,7 +577,12 @@ pub async fn run_scheduled(
     loop {
         // The last day whose anchoring time has come.
         let mut due = Timestamp::now().plus_micros(-delay_micros).day().prev();
-        if let Some(p) = pending()
+        // The earliest day of this writer's batches sealed but not yet stored.
+        let pending = state
+            .outbox()
+            .ok()
+            .and_then(|o| o.iter().map(|e| e.info.day).min());
+        if let Some(p) = pending
             && p <= due
         {
             tracing::warn!(waiting_for = %p, "Sealed batches of a day not yet anchored are still waiting for the store; anchoring waits for them.");
@@ -585,7 +591,7 @@ pub async fn run_scheduled(
         match anchored_days(&store, &layout).await {
             Ok(days) => {
                 if let Some(&last) = days.last() {
-                    gate.close_through(last);
+                    close_through(&gate, &state, last);
                 }
                 if let Some(anchorer) = &anchorer {
                     for &d in days.iter().rev().take(7) {
@@ -615,7 +621,7 @@ pub async fn run_scheduled(
                         Ok(done) => {
                             finished.extend(done.iter().map(|a| a.day));
                             if let Some(a) = done.last() {
-                                gate.close_through(a.day);
+                                close_through(&gate, &state, a.day);
                             }
                         }
                         Err(e) => {
@@ -630,6 +636,14 @@ pub async fn run_scheduled(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
         }
+    }
+}
+
+/// Closes every day up to `day` in `gate`, and remembers it in `state`.
+fn close_through(gate: &crate::batch::DayGate, state: &crate::state::State, day: Day) {
+    gate.close_through(day);
+    if let Err(e) = state.set_anchored_through(day) {
+        tracing::warn!(error = %e, day = %day, "Could not record the last anchored day in the state.");
     }
 }
 

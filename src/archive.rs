@@ -12,7 +12,7 @@ use crate::state::State;
 use crate::store::local::LocalStore;
 use crate::store::s3::S3Store;
 use crate::store::{StoreError, WormStore};
-use crate::timestamp::Timestamp;
+use crate::timestamp::{Day, Timestamp};
 use crate::upload::Uploader;
 
 /// Page cache of the small state database (lanes, outbox, chain head).
@@ -107,12 +107,10 @@ impl Archive {
         };
         let gate = match &settings.anchor {
             None => crate::batch::DayGate::open(),
-            Some(a) => {
-                let anchored = crate::anchor::anchored_days(&store, &settings.layout)
-                    .await
-                    .map_err(|e| OpenError::Store(format!("listing anchors: {e}")))?;
-                crate::batch::DayGate::new(a.close_after, anchored.last().copied())
-            }
+            Some(a) => crate::batch::DayGate::new(
+                a.close_after,
+                anchored_through(&store, &settings.layout, &state).await?,
+            ),
         };
         Ok(Archive {
             settings,
@@ -151,6 +149,43 @@ impl Archive {
                 .plus_micros(self.settings.events.max_future_skew.as_micros() as i64),
         }
     }
+}
+
+/// How long opening the archive waits for the store's list of anchors before going on with
+/// the last anchored day the state remembers.
+const ANCHOR_LIST_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The last anchored day, for the [`crate::batch::DayGate`]: from the store, and remembered in
+/// the state; when the store cannot be listed (an outage), the remembered day, so that a
+/// writer starting during an outage spools events rather than refusing to start. Days closed
+/// by time (`close_after`) stay closed either way; the anchor scheduler lists the store again
+/// every minute and closes whatever it finds.
+async fn anchored_through(
+    store: &Arc<dyn WormStore>,
+    layout: &crate::layout::Layout,
+    state: &State,
+) -> Result<Option<Day>, OpenError> {
+    let listed = tokio::time::timeout(
+        ANCHOR_LIST_WITHIN,
+        crate::anchor::anchored_days(store, layout),
+    )
+    .await;
+    match listed {
+        Ok(Ok(days)) => {
+            if let Some(&last) = days.last() {
+                state.set_anchored_through(last)?;
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(
+            error = %e,
+            "Anchors could not be listed; going on with the last anchored day this writer knows."
+        ),
+        Err(_) => tracing::warn!(
+            within_seconds = ANCHOR_LIST_WITHIN.as_secs(),
+            "The store did not list its anchors in time; going on with the last anchored day this writer knows."
+        ),
+    }
+    Ok(state.anchored_through()?)
 }
 
 /// A fresh state with a configured writer id must not continue a chain it does not hold.

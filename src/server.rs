@@ -201,11 +201,7 @@ pub async fn run(
                 archive.store.clone(),
                 settings.layout.clone(),
                 anchorer,
-                {
-                    // The earliest day of this writer's batches sealed but not yet stored.
-                    let state = archive.state.clone();
-                    move || state.outbox().ok()?.iter().map(|e| e.info.day).min()
-                },
+                archive.state.clone(),
                 a.delay,
                 archive.gate.clone(),
                 sweeps_stop.clone(),

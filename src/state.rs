@@ -221,6 +221,26 @@ impl State {
         self.write(|txn| Self::put_meta_in(txn, "sweep_checkpoint", &day))
     }
 
+    /// The last day known to be anchored, by this writer or another: kept so that a start
+    /// while the store cannot be listed still keeps those days closed.
+    pub fn anchored_through(&self) -> Result<Option<Day>> {
+        self.meta("anchored_through")
+    }
+
+    /// Records that every day up to `day` is anchored (a later day only ever replaces it).
+    pub fn set_anchored_through(&self, day: Day) -> Result<()> {
+        self.write(|txn| {
+            let known = txn
+                .open_table(META)?
+                .get("anchored_through")?
+                .and_then(|v| serde_json::from_slice::<Day>(v.value()).ok());
+            if known.is_none_or(|k| k < day) {
+                Self::put_meta_in(txn, "anchored_through", &day)?;
+            }
+            Ok(())
+        })
+    }
+
     pub fn lane_next_seq(&self, lane: &Lane) -> Result<u64> {
         let key = lane.key();
         self.read(|txn| {

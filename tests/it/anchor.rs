@@ -607,10 +607,21 @@ fn anchors_are_time_stamped_by_a_tsa_and_the_tokens_verify(backend: Backend) {
 }
 both!(anchors_are_time_stamped_by_a_tsa_and_the_tokens_verify);
 
-/// A store that refuses writes while `down` is set (an unreachable mirror), else delegates.
+/// A store that refuses writes and listings while `down` is set (unreachable), else delegates.
 struct Flaky {
     inner: Arc<dyn WormStore>,
     down: std::sync::atomic::AtomicBool,
+}
+
+impl Flaky {
+    fn up(&self) -> Result<(), wormvault::store::StoreError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(wormvault::store::StoreError::Unavailable(
+                "store down".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]
@@ -622,11 +633,7 @@ impl WormStore for Flaky {
         &self,
         req: &wormvault::store::PutRequest,
     ) -> Result<wormvault::store::PutReceipt, wormvault::store::StoreError> {
-        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(wormvault::store::StoreError::Unavailable(
-                "mirror down".into(),
-            ));
-        }
+        self.up()?;
         self.inner.put_sealed(req).await
     }
     async fn head(
@@ -662,9 +669,11 @@ impl WormStore for Flaky {
         &self,
         p: &str,
     ) -> Result<Vec<wormvault::store::ListEntry>, wormvault::store::StoreError> {
+        self.up()?;
         self.inner.list(p).await
     }
     async fn list_dirs(&self, p: &str) -> Result<Vec<String>, wormvault::store::StoreError> {
+        self.up()?;
         self.inner.list_dirs(p).await
     }
     async fn versions(
@@ -731,5 +740,43 @@ fn an_anchored_day_is_finished_once_the_mirror_is_back() {
     assert!(
         t.rt.block_on(t.store().head("index/dt=2026-11-18/records.parquet", None))
             .is_ok()
+    );
+}
+
+/// A writer that starts while its store cannot list the anchors (an outage) starts anyway, to
+/// spool events, and keeps closed the days it last knew anchored: it remembers them in its
+/// state, so a late event still goes to the current day.
+#[test]
+fn a_start_during_an_outage_keeps_the_known_anchored_days_closed() {
+    let t = Target::new(Backend::Local);
+    let (key_path, _) = keyfile(&t, "wv-outage");
+    let settings = t.settings_in("state", &anchor_toml(&key_path, &[], ""));
+    let d = day("2026-11-18");
+    {
+        let archive = t.open(settings.clone());
+        import_events(&t, &archive, &events_on("o", "2026-11-18", 3));
+        assert_eq!(archive.gate.lane_day(d), d, "open until anchored");
+    }
+    t.rt.block_on(anchorer(&t, &settings).anchor_through(d))
+        .unwrap();
+    // A start with the store up lists the anchor, and the state keeps it.
+    drop(t.open(settings.clone()));
+    let flaky = Arc::new(Flaky {
+        inner: t.store(),
+        down: std::sync::atomic::AtomicBool::new(true),
+    });
+    let archive =
+        t.rt.block_on(Archive::open_with_store(settings.clone(), flaky))
+            .expect("a writer starts while its store is down");
+    let today = Timestamp::now().day();
+    assert_eq!(
+        archive.gate.lane_day(d),
+        today,
+        "the anchored day stays closed"
+    );
+    assert_eq!(
+        archive.gate.lane_day(day("2026-11-19")),
+        day("2026-11-19"),
+        "a day not anchored stays open"
     );
 }

@@ -419,18 +419,23 @@ fn readyz_follows_the_bucket() {
     }
 }
 
-/// A store that accepts connections and never answers does not hold the daemon's start up:
-/// it serves (into its spool) within seconds, not ready.
+/// A store that accepts connections and never answers does not hold the daemon's start up,
+/// with anchoring on (a start lists the anchors) as without: it serves (into its spool) within
+/// seconds, not ready.
 #[test]
 fn the_daemon_starts_promptly_when_the_store_hangs() {
     let dir = tempfile::tempdir().unwrap();
     // Connections complete in the kernel's backlog; nothing ever reads or answers them.
     let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let key = dir.path().join("anchor.key");
+    let signer = wormvault::note::SignerKey::generate("wv-hung").unwrap();
+    std::fs::write(&key, signer.to_secret_string()).unwrap();
     let config = config(
         dir.path(),
         &format!(
-            "[store]\nkind = \"s3\"\n[store.s3]\nbucket = \"hung\"\nendpoint = \"http://{}\"\n",
-            hung.local_addr().unwrap()
+            "[store]\nkind = \"s3\"\n[store.s3]\nbucket = \"hung\"\nendpoint = \"http://{}\"\n\n[anchor]\nsigning_key = {:?}\n",
+            hung.local_addr().unwrap(),
+            key.display().to_string()
         ),
     );
     // No configured writer id: a first start with one asks the store whether it is taken.
@@ -440,7 +445,7 @@ fn the_daemon_starts_promptly_when_the_store_hangs() {
     let rt = runtime();
     // A deadline, not a measurement: waiting on the hung store would take minutes (each
     // request's 60 s operation timeout, retried).
-    let healthy = rt.block_on(client.wait_healthy(Duration::from_secs(30)));
+    let healthy = rt.block_on(client.wait_healthy(Duration::from_secs(45)));
     let ready = rt.block_on(client.get("/readyz")).map(|r| r.status);
     child.kill().unwrap();
     child.wait().unwrap();
