@@ -588,6 +588,7 @@ pub fn check_segment(bytes: Bytes) -> Result<(SegmentInfo, SegmentCheck), String
     let (info, reader) = open_reader(bytes, CHECK_BATCH_ROWS)?;
     let mut check = SegmentCheck::default();
     let mut leaves = Vec::with_capacity(info.n_events as usize);
+    let mut rows_match = crate::event::ViewChecker::default();
     for batch in reader {
         let batch = batch.map_err(|e| format!("decoding: {e}"))?;
         let c = Columns::of(&batch)?;
@@ -603,7 +604,7 @@ pub fn check_segment(bytes: Bytes) -> Result<(SegmentInfo, SegmentCheck), String
                         .push((row, c.event_id.value(i).to_owned()));
                 }
             }
-            if !crate::event::view_matches(&c.view(i), canonical) {
+            if !rows_match.matches(&c.view(i), canonical) {
                 check.column_mismatch_count += 1;
                 if check.column_mismatches.len() < NAMED_ROWS {
                     check

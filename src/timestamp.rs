@@ -208,9 +208,10 @@ impl Timestamp {
     pub fn date_text(self) -> [u8; 10] {
         let (y, m, d) = civil_from_days(self.0.div_euclid(DAY_MICROS));
         let mut b = *b"0000-00-00";
-        put_digits(&mut b, 0, 4, y as u32);
-        put_digits(&mut b, 5, 2, m);
-        put_digits(&mut b, 8, 2, d);
+        put_pair(&mut b, 0, y as u32 / 100);
+        put_pair(&mut b, 2, y as u32 % 100);
+        put_pair(&mut b, 5, m);
+        put_pair(&mut b, 8, d);
         b
     }
 
@@ -219,20 +220,29 @@ impl Timestamp {
         let micros = self.0.rem_euclid(MICROS) as u32;
         let sod = self.0.div_euclid(MICROS).rem_euclid(86_400) as u32;
         let mut b = *b"T00:00:00.000000Z";
-        put_digits(&mut b, 1, 2, sod / 3600);
-        put_digits(&mut b, 4, 2, (sod / 60) % 60);
-        put_digits(&mut b, 7, 2, sod % 60);
-        put_digits(&mut b, 10, 6, micros);
+        put_pair(&mut b, 1, sod / 3600);
+        put_pair(&mut b, 4, (sod / 60) % 60);
+        put_pair(&mut b, 7, sod % 60);
+        put_pair(&mut b, 10, micros / 10_000);
+        put_pair(&mut b, 12, (micros / 100) % 100);
+        put_pair(&mut b, 14, micros % 100);
         b
     }
 }
 
-/// Writes `v` as `width` decimal digits at `b[at..]`.
-fn put_digits(b: &mut [u8], at: usize, width: usize, mut v: u32) {
-    for i in (at..at + width).rev() {
-        b[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-    }
+/// `00` to `99`: the two digits of every number below 100 (two digits per table lookup; every
+/// event's timestamps are formatted when it is sealed and again when a full sweep checks it).
+const DIGIT_PAIRS: &[u8; 200] = b"\
+    0001020304050607080910111213141516171819\
+    2021222324252627282930313233343536373839\
+    4041424344454647484950515253545556575859\
+    6061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
+
+/// Writes `v` (below 100) as two decimal digits at `b[at..]`.
+fn put_pair(b: &mut [u8], at: usize, v: u32) {
+    let i = v as usize * 2;
+    b[at..at + 2].copy_from_slice(&DIGIT_PAIRS[i..i + 2]);
 }
 
 /// Days since 1970-01-01 to (year, month, day), for years 0..=9999 (H. Hinnant's algorithm).
