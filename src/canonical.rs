@@ -112,10 +112,19 @@ pub fn needs_no_escape(s: &str) -> bool {
             return false;
         }
     }
-    chunks
-        .remainder()
-        .iter()
-        .all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
+    // The last few bytes as one more word: the last eight (some seen already), or for a
+    // short string its bytes padded with a byte that needs no escape.
+    let bytes = s.as_bytes();
+    let word = match bytes.len().checked_sub(8) {
+        Some(start) => u64::from_le_bytes(bytes[start..].try_into().expect("eight bytes")),
+        None => bytes
+            .iter()
+            .enumerate()
+            .fold(u64::from_le_bytes([b'a'; 8]), |w, (i, &b)| {
+                w & !(0xff << (8 * i)) | (b as u64) << (8 * i)
+            }),
+    };
+    !needs_escape(word)
 }
 
 /// True if any byte of `w` is below 0x20, `"` or `\\` (exact for every byte value: bytes
@@ -679,6 +688,25 @@ impl Parser<'_, '_> {
 
 #[cfg(test)]
 mod tests {
+
+    /// The word-at-a-time check agrees with the byte-by-byte rule for every byte value at
+    /// every position of strings of every length up to 20.
+    #[test]
+    fn needs_no_escape_agrees_with_the_rule() {
+        let plain = |b: u8| b >= 0x20 && b != b'"' && b != b'\\';
+        for len in 1..=20usize {
+            for at in 0..len {
+                for b in 0u8..0x80 {
+                    let mut text = vec![b'x'; len];
+                    text[at] = b;
+                    let s = std::str::from_utf8(&text).unwrap();
+                    assert_eq!(needs_no_escape(s), plain(b), "{len} {at} {b:#x}");
+                }
+            }
+        }
+        assert!(needs_no_escape(""));
+        assert!(needs_no_escape("\u{e9}t\u{e9} \u{1F600}"));
+    }
     use super::*;
 
     #[test]
