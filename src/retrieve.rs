@@ -6,7 +6,8 @@
 //! `occurred_at`, and where the event is (segment key, row) — sorted by subject. It is built
 //! from the day's segments when the day is anchored (nothing is added under a day after
 //! that), sealed like a record, and rebuilt byte for byte by `wormvault index rebuild`; a full
-//! sweep rebuilds it in memory and compares.
+//! sweep rebuilds it and compares. A build spills each segment's sorted entries to a temporary
+//! file and merges them, so its memory does not grow with the day's events.
 //!
 //! **A query** walks the days that can hold matches (late events sit in later days, so every
 //! day from the `from` day on). On an indexed day it reads the index's footer and page index,
@@ -291,9 +292,10 @@ pub async fn build_index(
 
 /// Builds the record index of the day of `manifests` from their segments.
 ///
-/// Only the indexed columns are decoded, several segments at a time, into Arrow arrays (no
-/// per-value allocation); the sort orders `(segment, row)` pairs that point into them, so a
-/// day of a million events takes about a hundred bytes each.
+/// Memory does not grow with the day: only the indexed columns of a few segments at a time
+/// are decoded (into Arrow arrays, with no per-value allocation); each segment's entries are
+/// sorted and spilled to an anonymous temporary file (a *run*, about 100 bytes an entry), and
+/// the runs are merged into the index file holding one entry per segment.
 pub async fn build_index_of(
     store: &Arc<dyn WormStore>,
     manifests: &DayManifests,
@@ -305,17 +307,15 @@ pub async fn build_index_of(
         segments.push((m.segment.key, m.segment.version_id));
     }
     let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let decoded: Vec<Vec<IndexPart>> =
-        futures::stream::iter(segments.clone().into_iter().enumerate())
-            .map(|(i, (key, version))| read_indexed(store.clone(), i, key, version))
-            .buffered(parallel)
-            .try_collect()
-            .await?;
-    let parts: Vec<IndexPart> = decoded.into_iter().flatten().collect();
+    let runs: Vec<Run> = futures::stream::iter(segments.clone().into_iter().enumerate())
+        .map(|(i, (key, version))| spill_segment(store.clone(), i, key, version))
+        .buffered(parallel)
+        .try_collect()
+        .await?;
     let n_segments = segments.len() as u64;
     let root = hex::encode(manifests.root());
     let (bytes, events) =
-        tokio::task::spawn_blocking(move || sort_and_write(day, &root, &parts, &segments))
+        tokio::task::spawn_blocking(move || merge_and_write(day, &root, runs, &segments))
             .await
             .expect("index write task")?;
     Ok(BuiltIndex {
@@ -326,47 +326,44 @@ pub async fn build_index_of(
     })
 }
 
-/// Merges the sorted parts and writes the index file; returns it and the entry count.
-fn sort_and_write(
+/// Merges the runs (each in index order) and writes the index file; returns it and the
+/// entry count.
+fn merge_and_write(
     day: Day,
     root: &str,
-    parts: &[IndexPart],
+    mut runs: Vec<Run>,
     segments: &[(String, String)],
 ) -> Result<(Bytes, u64), String> {
-    use std::cmp::Reverse;
-    use std::collections::BinaryHeap;
-    let n: usize = parts.iter().map(|p| p.rows).sum();
-    // A k-way merge of the parts' own orders (sorted in parallel as they were decoded).
-    let head = |p: usize, pos: usize| {
-        let part = &parts[p];
-        let r = part.order[pos] as usize;
-        Reverse((part.entry(r, segments).sort_key(), p, pos))
-    };
-    let mut heap: BinaryHeap<_> = (0..parts.len())
-        .filter(|&p| parts[p].rows > 0)
-        .map(|p| head(p, 0))
-        .collect();
-    let mut order: Vec<(u32, u32)> = Vec::with_capacity(n);
-    while let Some(Reverse((_, p, pos))) = heap.pop() {
-        order.push((p as u32, parts[p].order[pos]));
-        if pos + 1 < parts[p].rows {
-            heap.push(head(p, pos + 1));
+    let io = |e: std::io::Error| format!("reading back a spilled index run: {e}");
+    let n: u64 = runs.iter().map(|r| r.rows).sum();
+    let mut writer = IndexWriter::new(day, root, n)?;
+    // The runs with entries left, ordered by their current entry, the least last.
+    let mut live: Vec<usize> = Vec::with_capacity(runs.len());
+    for (i, run) in runs.iter_mut().enumerate() {
+        if run.advance().map_err(io)? {
+            live.push(i);
         }
     }
-    let bytes = write_index(day, root, n, |i| {
-        let (p, r) = order[i];
-        parts[p as usize].entry(r as usize, segments)
-    })?;
-    Ok((bytes, n as u64))
+    live.sort_unstable_by(|&a, &b| runs[b].sort_key(segments).cmp(&runs[a].sort_key(segments)));
+    while let Some(i) = live.pop() {
+        writer.push(runs[i].entry(segments)?)?;
+        if runs[i].advance().map_err(io)? {
+            let k = runs[i].sort_key(segments);
+            let at = live.partition_point(|&o| runs[o].sort_key(segments) > k);
+            live.insert(at, i);
+        }
+    }
+    Ok((writer.finish()?, n))
 }
 
-/// The indexed columns of one segment version, each part in index order.
-async fn read_indexed(
+/// Decodes one segment version's indexed columns and spills its entries, in index order, to a
+/// run.
+async fn spill_segment(
     store: Arc<dyn WormStore>,
     segment: usize,
     key: String,
     version: String,
-) -> Result<Vec<IndexPart>, String> {
+) -> Result<Run, String> {
     let bytes = store
         .get(&key, Some(&version))
         .await
@@ -376,14 +373,142 @@ async fn read_indexed(
         let mut first_row = 0u64;
         let mut parts = Vec::with_capacity(batches.len());
         for b in &batches {
-            parts.push(IndexPart::of(segment, first_row, b)?);
+            parts.push(IndexPart::of(first_row, b)?);
             first_row += b.num_rows() as u64;
         }
-        Ok::<_, String>(parts)
+        drop(batches);
+        Run::spill(segment, &parts).map_err(|e| format!("spilling index entries: {e}"))
     })
     .await
     .expect("segment read task")
     .map_err(|e| format!("{key}: {e}"))
+}
+
+/// One segment's index entries in index order, in an anonymous temporary file, read back one
+/// entry at a time. An entry: the six strings of [`INDEXED_COLUMNS`] (subject type and id,
+/// actor id, event id, action, source), each as a little-endian `u32` length and its bytes,
+/// then `occurred_at` (`i64`) and the row (`u64`), little-endian.
+struct Run {
+    segment: usize,
+    /// Entries in the run.
+    rows: u64,
+    /// Entries not read yet.
+    left: u64,
+    reader: std::io::BufReader<std::fs::File>,
+    /// The current entry.
+    text: [Vec<u8>; 6],
+    occurred_at: i64,
+    row: u64,
+}
+
+impl Run {
+    /// Writes the entries of a segment's decoded parts, merged into index order.
+    fn spill(segment: usize, parts: &[IndexPart]) -> std::io::Result<Run> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        use std::io::{Seek, Write};
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, tempfile::tempfile()?);
+        // Within one segment the order is subject, time, event id, row.
+        let head = |p: usize, pos: usize| {
+            let part = &parts[p];
+            let r = part.order[pos] as usize;
+            let s = &part.strings;
+            let row = part.first_row + r as u64;
+            Reverse((
+                (s[0].value(r), s[1].value(r), part.occurred_at.value(r)),
+                (s[3].value(r), row),
+                p,
+                pos,
+            ))
+        };
+        let mut heap: BinaryHeap<_> = (0..parts.len())
+            .filter(|&p| parts[p].rows > 0)
+            .map(|p| head(p, 0))
+            .collect();
+        let mut rows = 0u64;
+        while let Some(Reverse((_, _, p, pos))) = heap.pop() {
+            let part = &parts[p];
+            let r = part.order[pos] as usize;
+            for s in &part.strings {
+                let v = s.value(r).as_bytes();
+                out.write_all(&(v.len() as u32).to_le_bytes())?;
+                out.write_all(v)?;
+            }
+            out.write_all(&part.occurred_at.value(r).to_le_bytes())?;
+            out.write_all(&(part.first_row + r as u64).to_le_bytes())?;
+            rows += 1;
+            if pos + 1 < part.rows {
+                heap.push(head(p, pos + 1));
+            }
+        }
+        let mut file = out.into_inner().map_err(|e| e.into_error())?;
+        file.rewind()?;
+        Ok(Run {
+            segment,
+            rows,
+            left: rows,
+            reader: std::io::BufReader::with_capacity(1 << 16, file),
+            text: Default::default(),
+            occurred_at: 0,
+            row: 0,
+        })
+    }
+
+    /// Reads the next entry; false when the run is done.
+    fn advance(&mut self) -> std::io::Result<bool> {
+        use std::io::Read;
+        if self.left == 0 {
+            return Ok(false);
+        }
+        let mut word = [0u8; 8];
+        for t in &mut self.text {
+            self.reader.read_exact(&mut word[..4])?;
+            let len = u32::from_le_bytes(word[..4].try_into().expect("four bytes")) as usize;
+            t.resize(len, 0);
+            self.reader.read_exact(t)?;
+        }
+        self.reader.read_exact(&mut word)?;
+        self.occurred_at = i64::from_le_bytes(word);
+        self.reader.read_exact(&mut word)?;
+        self.row = u64::from_le_bytes(word);
+        self.left -= 1;
+        Ok(true)
+    }
+
+    /// The current entry's place in the index file's order: subject, then time; ties in a
+    /// fixed order (event id, segment key, row).
+    #[allow(clippy::type_complexity)]
+    fn sort_key<'a>(
+        &'a self,
+        segments: &'a [(String, String)],
+    ) -> (&'a [u8], &'a [u8], i64, &'a [u8], &'a [u8], u64) {
+        (
+            &self.text[0],
+            &self.text[1],
+            self.occurred_at,
+            &self.text[3],
+            segments[self.segment].0.as_bytes(),
+            self.row,
+        )
+    }
+
+    fn entry<'a>(&'a self, segments: &'a [(String, String)]) -> Result<EntryRef<'a>, String> {
+        let text = |i: usize| {
+            std::str::from_utf8(&self.text[i])
+                .map_err(|_| "a spilled index entry is not UTF-8".to_owned())
+        };
+        Ok(EntryRef {
+            subject_type: text(0)?,
+            subject_id: text(1)?,
+            actor_id: text(2)?,
+            event_id: text(3)?,
+            action: text(4)?,
+            source: text(5)?,
+            occurred_at: self.occurred_at,
+            segment: &segments[self.segment].0,
+            row: self.row,
+        })
+    }
 }
 
 /// The segment columns a record index is built from: the index's own, but `segment`, `row`.
@@ -391,7 +516,6 @@ const INDEXED_COLUMNS: &[&str] = COLUMNS.split_at(7).0;
 
 /// One decoded batch of a segment's indexed columns.
 struct IndexPart {
-    segment: usize,
     first_row: u64,
     rows: usize,
     /// The rows in index order.
@@ -404,7 +528,7 @@ struct IndexPart {
 impl IndexPart {
     /// The part of batch `b` of a segment, with its rows sorted in index order (within one
     /// segment the order is subject, time, event id, row).
-    fn of(segment: usize, first_row: u64, b: &RecordBatch) -> Result<IndexPart, String> {
+    fn of(first_row: u64, b: &RecordBatch) -> Result<IndexPart, String> {
         let column = |name: &str| {
             b.column_by_name(name)
                 .ok_or_else(|| format!("the segment has no {name} column"))
@@ -417,7 +541,6 @@ impl IndexPart {
                 .ok_or_else(|| format!("{name} is not a string column"))
         };
         let mut part = IndexPart {
-            segment,
             first_row,
             rows: b.num_rows(),
             order: Vec::new(),
@@ -452,23 +575,9 @@ impl IndexPart {
         part.order = keys.iter().map(|k| k.4).collect();
         Ok(part)
     }
-
-    fn entry<'a>(&'a self, r: usize, segments: &'a [(String, String)]) -> EntryRef<'a> {
-        EntryRef {
-            subject_type: self.strings[0].value(r),
-            subject_id: self.strings[1].value(r),
-            actor_id: self.strings[2].value(r),
-            event_id: self.strings[3].value(r),
-            action: self.strings[4].value(r),
-            source: self.strings[5].value(r),
-            occurred_at: self.occurred_at.value(r),
-            segment: &segments[self.segment].0,
-            row: self.first_row + r as u64,
-        }
-    }
 }
 
-/// One row of a record index, borrowed from the decoded segments.
+/// One row of a record index, borrowed from where it was read.
 #[derive(Clone, Copy)]
 struct EntryRef<'a> {
     subject_type: &'a str,
@@ -482,110 +591,156 @@ struct EntryRef<'a> {
     row: u64,
 }
 
-impl<'a> EntryRef<'a> {
-    /// The index file's order: subject, then time; ties in a fixed order.
-    #[allow(clippy::type_complexity)]
-    fn sort_key(&self) -> (&'a str, &'a str, i64, &'a str, &'a str, u64) {
-        (
-            self.subject_type,
-            self.subject_id,
-            self.occurred_at,
-            self.event_id,
-            self.segment,
-            self.row,
-        )
-    }
+/// Rows per record batch given to the index's Parquet writer.
+const INDEX_WRITE_ROWS: usize = 16_384;
+
+/// Writes an index file from its entries, given in index order. The file goes to an anonymous
+/// temporary file first and is read back at its exact size (a growing `Vec` would hold up to
+/// three times the index while it doubles).
+struct IndexWriter {
+    writer: ArrowWriter<std::io::BufWriter<std::fs::File>>,
+    schema: SchemaRef,
+    strings: Vec<StringBuilder>,
+    occurred: TimestampMicrosecondBuilder,
+    segment: StringBuilder,
+    row: Int64Builder,
+    pending: usize,
 }
 
-/// Writes the index file of `n` entries, the `i`-th given by `entry(i)`, in that order.
-fn write_index<'a>(
-    day: Day,
-    daily_root: &str,
-    n: usize,
-    entry: impl Fn(usize) -> EntryRef<'a>,
-) -> Result<Bytes, String> {
-    let schema = index_schema();
-    let col = |name: &str| ColumnPath::from(name);
-    let kv = |k: &str, v: String| KeyValue::new(format!("wormvault.index.{k}"), v);
-    let mut props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(1).expect("valid level"),
-        ))
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .set_max_row_group_row_count(Some(INDEX_ROW_GROUP_ROWS))
-        .set_data_page_row_count_limit(INDEX_PAGE_ROWS)
-        .set_sorting_columns(Some(
-            [0, 1, 6]
-                .map(|c| SortingColumn {
-                    column_idx: c,
-                    descending: false,
-                    nulls_first: false,
-                })
-                .to_vec(),
-        ))
-        .set_key_value_metadata(Some(vec![
-            kv("format_version", INDEX_FORMAT_VERSION.to_string()),
-            kv("day", day.to_string()),
-            kv("daily_root", daily_root.to_owned()),
-            kv("events", n.to_string()),
-        ]));
-    // Page statistics (the page index) only where rows are sorted: elsewhere they prune
-    // nothing and only make every query read a larger index.
-    for name in [
-        "actor_id",
-        "event_id",
-        "action",
-        "source",
-        "occurred_at",
-        "segment",
-        "row",
-    ] {
-        props = props.set_column_statistics_enabled(col(name), EnabledStatistics::Chunk);
-    }
-    for name in ["subject_id", "actor_id", "event_id"] {
-        props = props
-            .set_column_bloom_filter_enabled(col(name), true)
-            .set_column_bloom_filter_fpp(col(name), 0.01)
-            .set_column_bloom_filter_max_ndv(col(name), INDEX_ROW_GROUP_ROWS as u64);
-    }
-    let mut out = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut out, schema.clone(), Some(props.build()))
-        .map_err(|e| e.to_string())?;
-    for start in (0..n).step_by(16_384) {
-        let chunk = start..(start + 16_384).min(n);
-        let mut strings: Vec<StringBuilder> = (0..6).map(|_| StringBuilder::new()).collect();
-        let mut occurred =
-            TimestampMicrosecondBuilder::with_capacity(chunk.len()).with_timezone("UTC");
-        let mut segment = StringBuilder::new();
-        let mut row = Int64Builder::with_capacity(chunk.len());
-        for i in chunk {
-            let e = entry(i);
-            for (b, v) in strings.iter_mut().zip([
-                e.subject_type,
-                e.subject_id,
-                e.actor_id,
-                e.event_id,
-                e.action,
-                e.source,
-            ]) {
-                b.append_value(v);
-            }
-            occurred.append_value(e.occurred_at);
-            segment.append_value(e.segment);
-            row.append_value(e.row as i64);
+impl IndexWriter {
+    /// A writer for the index of `day` (daily root `daily_root`) of `n` entries.
+    fn new(day: Day, daily_root: &str, n: u64) -> Result<IndexWriter, String> {
+        let schema = index_schema();
+        let col = |name: &str| ColumnPath::from(name);
+        let kv = |k: &str, v: String| KeyValue::new(format!("wormvault.index.{k}"), v);
+        let mut props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(1).expect("valid level"),
+            ))
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .set_max_row_group_row_count(Some(INDEX_ROW_GROUP_ROWS))
+            .set_data_page_row_count_limit(INDEX_PAGE_ROWS)
+            .set_sorting_columns(Some(
+                [0, 1, 6]
+                    .map(|c| SortingColumn {
+                        column_idx: c,
+                        descending: false,
+                        nulls_first: false,
+                    })
+                    .to_vec(),
+            ))
+            .set_key_value_metadata(Some(vec![
+                kv("format_version", INDEX_FORMAT_VERSION.to_string()),
+                kv("day", day.to_string()),
+                kv("daily_root", daily_root.to_owned()),
+                kv("events", n.to_string()),
+            ]));
+        // Page statistics (the page index) only where rows are sorted: elsewhere they prune
+        // nothing and only make every query read a larger index.
+        for name in [
+            "actor_id",
+            "event_id",
+            "action",
+            "source",
+            "occurred_at",
+            "segment",
+            "row",
+        ] {
+            props = props.set_column_statistics_enabled(col(name), EnabledStatistics::Chunk);
         }
-        let mut columns: Vec<ArrayRef> = strings
-            .into_iter()
-            .map(|mut b| Arc::new(b.finish()) as ArrayRef)
-            .collect();
-        columns.push(Arc::new(occurred.finish()));
-        columns.push(Arc::new(segment.finish()));
-        columns.push(Arc::new(row.finish()));
-        let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())?;
-        writer.write(&batch).map_err(|e| e.to_string())?;
+        for name in ["subject_id", "actor_id", "event_id"] {
+            props = props
+                .set_column_bloom_filter_enabled(col(name), true)
+                .set_column_bloom_filter_fpp(col(name), 0.01)
+                .set_column_bloom_filter_max_ndv(col(name), INDEX_ROW_GROUP_ROWS as u64);
+        }
+        let file = tempfile::tempfile().map_err(|e| format!("a temporary index file: {e}"))?;
+        let writer = ArrowWriter::try_new(
+            std::io::BufWriter::with_capacity(1 << 16, file),
+            schema.clone(),
+            Some(props.build()),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut w = IndexWriter {
+            writer,
+            schema,
+            strings: Vec::new(),
+            occurred: TimestampMicrosecondBuilder::new(),
+            segment: StringBuilder::new(),
+            row: Int64Builder::new(),
+            pending: 0,
+        };
+        w.new_builders();
+        Ok(w)
     }
-    writer.close().map_err(|e| e.to_string())?;
-    Ok(Bytes::from(out))
+
+    fn new_builders(&mut self) {
+        self.strings = (0..6).map(|_| StringBuilder::new()).collect();
+        self.occurred =
+            TimestampMicrosecondBuilder::with_capacity(INDEX_WRITE_ROWS).with_timezone("UTC");
+        self.segment = StringBuilder::new();
+        self.row = Int64Builder::with_capacity(INDEX_WRITE_ROWS);
+    }
+
+    fn push(&mut self, e: EntryRef<'_>) -> Result<(), String> {
+        for (b, v) in self.strings.iter_mut().zip([
+            e.subject_type,
+            e.subject_id,
+            e.actor_id,
+            e.event_id,
+            e.action,
+            e.source,
+        ]) {
+            b.append_value(v);
+        }
+        self.occurred.append_value(e.occurred_at);
+        self.segment.append_value(e.segment);
+        self.row.append_value(e.row as i64);
+        self.pending += 1;
+        if self.pending == INDEX_WRITE_ROWS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the entries pushed since the last flush as one record batch.
+    fn flush(&mut self) -> Result<(), String> {
+        if self.pending == 0 {
+            return Ok(());
+        }
+        let mut columns: Vec<ArrayRef> = self
+            .strings
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as ArrayRef)
+            .collect();
+        columns.push(Arc::new(self.occurred.finish()));
+        columns.push(Arc::new(self.segment.finish()));
+        columns.push(Arc::new(self.row.finish()));
+        let batch =
+            RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| e.to_string())?;
+        self.writer.write(&batch).map_err(|e| e.to_string())?;
+        self.pending = 0;
+        self.new_builders();
+        Ok(())
+    }
+
+    /// The index file.
+    fn finish(mut self) -> Result<Bytes, String> {
+        use std::io::{Read, Seek};
+        self.flush()?;
+        let io = |e: std::io::Error| format!("reading back the index file: {e}");
+        let mut file = self
+            .writer
+            .into_inner()
+            .map_err(|e| e.to_string())?
+            .into_inner()
+            .map_err(|e| io(e.into_error()))?;
+        let len = file.stream_position().map_err(io)?;
+        file.rewind().map_err(io)?;
+        let mut out = Vec::with_capacity(len as usize);
+        file.read_to_end(&mut out).map_err(io)?;
+        Ok(Bytes::from(out))
+    }
 }
 
 /// Stores the record index of `day` if it is not stored yet, built from `manifests` when
