@@ -9,9 +9,9 @@ use crate::index::Index;
 use crate::layout::{KeyKind, WriterId};
 use crate::seal::SealContext;
 use crate::state::State;
+use crate::store::WormStore;
 use crate::store::local::LocalStore;
 use crate::store::s3::S3Store;
-use crate::store::{StoreError, WormStore};
 use crate::timestamp::{Day, Timestamp};
 use crate::upload::Uploader;
 
@@ -88,7 +88,7 @@ impl Archive {
         let writer = match (&settings.writer_id, kept) {
             (Some(configured), Some(kept)) if *configured != kept => {
                 return Err(OpenError::Writer(format!(
-                    "the state directory {} belongs to writer {kept:?} but writer_id is configured as {configured:?}; \
+                    "the state directory {} belongs to writer \"{kept}\" but writer_id is configured as \"{configured}\"; \
                      each writer needs its own state directory",
                     settings.state_dir.display()
                 )));
@@ -195,17 +195,19 @@ async fn refuse_if_writer_exists(
     writer: &WriterId,
 ) -> Result<(), OpenError> {
     let listed = store.list(&settings.layout.manifests_prefix()).await;
-    let entries = match listed {
-        Ok(e) => e,
-        Err(StoreError::Unavailable(m)) => return Err(OpenError::Store(m)),
-        Err(e) => return Err(OpenError::Store(e.to_string())),
-    };
+    let entries = listed.map_err(|e| {
+        OpenError::Store(format!(
+            "a first start with writer_id \"{writer}\" makes sure the store holds no manifests of \
+             that writer (another state directory would fork its chain), and the store could not \
+             be listed: {e}; start again when the store is reachable"
+        ))
+    })?;
     let taken = entries.iter().any(|e| {
         matches!(settings.layout.parse(&e.key), Some(KeyKind::Manifest { writer: w, .. }) if &w == writer)
     });
     if taken {
         return Err(OpenError::Writer(format!(
-            "writer {writer:?} already has manifests in the store but the state directory {} is new; \
+            "writer \"{writer}\" already has manifests in the store but the state directory {} is new; \
              restore that writer's state directory, or configure a new writer_id",
             settings.state_dir.display()
         )));

@@ -15,8 +15,8 @@ use wormvault::timestamp::{Day, Timestamp};
 
 use crate::both;
 use crate::util::{
-    Backend, BucketKind, Target, admin_client, anchorer, create_bucket, event, python, unique,
-    wormvault,
+    Backend, BucketKind, Flaky, Target, admin_client, anchorer, create_bucket, event, python,
+    unique, wormvault,
 };
 
 fn day(s: &str) -> Day {
@@ -607,95 +607,6 @@ fn anchors_are_time_stamped_by_a_tsa_and_the_tokens_verify(backend: Backend) {
 }
 both!(anchors_are_time_stamped_by_a_tsa_and_the_tokens_verify);
 
-/// A store that refuses writes and listings while `down` is set (unreachable), else delegates.
-struct Flaky {
-    inner: Arc<dyn WormStore>,
-    down: std::sync::atomic::AtomicBool,
-}
-
-impl Flaky {
-    fn up(&self) -> Result<(), wormvault::store::StoreError> {
-        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(wormvault::store::StoreError::Unavailable(
-                "store down".into(),
-            ));
-        }
-        Ok(())
-    }
-}
-
-#[async_trait::async_trait]
-impl WormStore for Flaky {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn put_sealed(
-        &self,
-        req: &wormvault::store::PutRequest,
-    ) -> Result<wormvault::store::PutReceipt, wormvault::store::StoreError> {
-        self.up()?;
-        self.inner.put_sealed(req).await
-    }
-    async fn head(
-        &self,
-        k: &str,
-        v: Option<&str>,
-    ) -> Result<wormvault::store::ObjectInfo, wormvault::store::StoreError> {
-        self.inner.head(k, v).await
-    }
-    async fn get(
-        &self,
-        k: &str,
-        v: Option<&str>,
-    ) -> Result<bytes::Bytes, wormvault::store::StoreError> {
-        self.inner.get(k, v).await
-    }
-    async fn get_range(
-        &self,
-        k: &str,
-        v: Option<&str>,
-        r: std::ops::Range<u64>,
-    ) -> Result<bytes::Bytes, wormvault::store::StoreError> {
-        self.inner.get_range(k, v, r).await
-    }
-    async fn digest(
-        &self,
-        k: &str,
-        v: Option<&str>,
-    ) -> Result<([u8; 32], u64), wormvault::store::StoreError> {
-        self.inner.digest(k, v).await
-    }
-    async fn list(
-        &self,
-        p: &str,
-    ) -> Result<Vec<wormvault::store::ListEntry>, wormvault::store::StoreError> {
-        self.up()?;
-        self.inner.list(p).await
-    }
-    async fn list_dirs(&self, p: &str) -> Result<Vec<String>, wormvault::store::StoreError> {
-        self.up()?;
-        self.inner.list_dirs(p).await
-    }
-    async fn versions(
-        &self,
-        p: &str,
-    ) -> Result<Vec<wormvault::store::VersionEntry>, wormvault::store::StoreError> {
-        self.inner.versions(p).await
-    }
-    async fn bucket_lock(
-        &self,
-    ) -> Result<wormvault::store::BucketLock, wormvault::store::StoreError> {
-        self.inner.bucket_lock().await
-    }
-    async fn probe_canary(
-        &self,
-        layout: &wormvault::layout::Layout,
-        canary: &wormvault::store::canary::Canary,
-    ) -> Result<wormvault::store::canary::CanaryOutcome, wormvault::store::StoreError> {
-        self.inner.probe_canary(layout, canary).await
-    }
-}
-
 /// A mirror that is down when a day is anchored gets its copy when the day is finished again.
 #[test]
 fn an_anchored_day_is_finished_once_the_mirror_is_back() {
@@ -709,10 +620,7 @@ fn an_anchored_day_is_finished_once_the_mirror_is_back() {
     let mut a = anchorer(&t, &settings);
     let mirror_store: Arc<dyn WormStore> =
         Arc::new(wormvault::store::local::LocalStore::open(t.dir.path().join("mirror")).unwrap());
-    let flaky = Arc::new(Flaky {
-        inner: mirror_store.clone(),
-        down: std::sync::atomic::AtomicBool::new(true),
-    });
+    let flaky = Arc::new(Flaky::new(mirror_store.clone(), true));
     a.mirror = Some(wormvault::anchor::Mirror {
         store: flaky.clone(),
         layout: wormvault::layout::Layout::new(""),
@@ -761,10 +669,7 @@ fn a_start_during_an_outage_keeps_the_known_anchored_days_closed() {
         .unwrap();
     // A start with the store up lists the anchor, and the state keeps it.
     drop(t.open(settings.clone()));
-    let flaky = Arc::new(Flaky {
-        inner: t.store(),
-        down: std::sync::atomic::AtomicBool::new(true),
-    });
+    let flaky = Arc::new(Flaky::new(t.store(), true));
     let archive =
         t.rt.block_on(Archive::open_with_store(settings.clone(), flaky))
             .expect("a writer starts while its store is down");

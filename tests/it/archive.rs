@@ -569,3 +569,54 @@ fn idempotency_survives_restarts_and_holds_within_one_file(backend: Backend) {
     assert_eq!((s.accepted, s.duplicates), (0, 1));
 }
 both!(idempotency_survives_restarts_and_holds_within_one_file);
+
+/// Opens an archive expecting a refusal; returns its message.
+fn refused(t: &Target, settings: wormvault::config::Settings) -> String {
+    match t.rt.block_on(Archive::open(settings)) {
+        Ok(a) => panic!("opened as writer {}", a.writer),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A writer id belongs to one state directory: a new state directory configured with a writer
+/// id that already has manifests in the store is refused (it would fork that writer's chain),
+/// and so is a state directory opened under another writer id; a new writer id in a new
+/// state directory is accepted.
+fn a_writer_id_belongs_to_one_state_directory(backend: Backend) {
+    let t = Target::new(backend);
+    {
+        let archive = t.open(t.settings_in("state-a", "writer_id = \"w-one\""));
+        let (summary, _) = run(&t, &archive, ndjson(&mixed_events(5, "wid")));
+        assert_eq!(summary.accepted, 5);
+    }
+    let err = refused(&t, t.settings_in("state-b", "writer_id = \"w-one\""));
+    assert!(err.contains("\"w-one\" already has manifests"), "{err}");
+    let err = refused(&t, t.settings_in("state-a", "writer_id = \"w-two\""));
+    assert!(err.contains("belongs to writer \"w-one\""), "{err}");
+    drop(t.open(t.settings_in("state-c", "writer_id = \"w-two\"")));
+}
+both!(a_writer_id_belongs_to_one_state_directory);
+
+/// The first start of a configured writer id needs the store (to make sure no other state
+/// directory holds that writer's chain): while the store cannot be listed it is refused, and
+/// says why; once the store is back it starts.
+#[test]
+fn a_first_start_of_a_configured_writer_waits_for_the_store() {
+    let t = Target::new(Backend::Local);
+    let settings = t.settings_in("state", "writer_id = \"w-new\"");
+    let store = std::sync::Arc::new(crate::util::Flaky::new(t.store(), true));
+    let open = |s: &wormvault::config::Settings| {
+        t.rt.block_on(Archive::open_with_store(s.clone(), store.clone()))
+    };
+    let err = match open(&settings) {
+        Ok(a) => panic!("opened as writer {}", a.writer),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("could not be listed"), "{err}");
+    assert!(
+        err.contains("start again when the store is reachable"),
+        "{err}"
+    );
+    store.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(open(&settings).unwrap().writer.as_str(), "w-new");
+}

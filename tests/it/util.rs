@@ -326,3 +326,99 @@ pub fn event(id: &str, occurred_at: &str, action: &str, subject: &str) -> String
     })
     .to_string()
 }
+
+/// A store that refuses writes and listings while `down` is set (unreachable), else delegates.
+pub struct Flaky {
+    inner: Arc<dyn WormStore>,
+    pub down: std::sync::atomic::AtomicBool,
+}
+
+impl Flaky {
+    pub fn new(inner: Arc<dyn WormStore>, down: bool) -> Flaky {
+        Flaky {
+            inner,
+            down: std::sync::atomic::AtomicBool::new(down),
+        }
+    }
+
+    fn up(&self) -> Result<(), wormvault::store::StoreError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(wormvault::store::StoreError::Unavailable(
+                "store down".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl WormStore for Flaky {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn put_sealed(
+        &self,
+        req: &wormvault::store::PutRequest,
+    ) -> Result<wormvault::store::PutReceipt, wormvault::store::StoreError> {
+        self.up()?;
+        self.inner.put_sealed(req).await
+    }
+    async fn head(
+        &self,
+        k: &str,
+        v: Option<&str>,
+    ) -> Result<wormvault::store::ObjectInfo, wormvault::store::StoreError> {
+        self.inner.head(k, v).await
+    }
+    async fn get(
+        &self,
+        k: &str,
+        v: Option<&str>,
+    ) -> Result<bytes::Bytes, wormvault::store::StoreError> {
+        self.inner.get(k, v).await
+    }
+    async fn get_range(
+        &self,
+        k: &str,
+        v: Option<&str>,
+        r: std::ops::Range<u64>,
+    ) -> Result<bytes::Bytes, wormvault::store::StoreError> {
+        self.inner.get_range(k, v, r).await
+    }
+    async fn digest(
+        &self,
+        k: &str,
+        v: Option<&str>,
+    ) -> Result<([u8; 32], u64), wormvault::store::StoreError> {
+        self.inner.digest(k, v).await
+    }
+    async fn list(
+        &self,
+        p: &str,
+    ) -> Result<Vec<wormvault::store::ListEntry>, wormvault::store::StoreError> {
+        self.up()?;
+        self.inner.list(p).await
+    }
+    async fn list_dirs(&self, p: &str) -> Result<Vec<String>, wormvault::store::StoreError> {
+        self.up()?;
+        self.inner.list_dirs(p).await
+    }
+    async fn versions(
+        &self,
+        p: &str,
+    ) -> Result<Vec<wormvault::store::VersionEntry>, wormvault::store::StoreError> {
+        self.inner.versions(p).await
+    }
+    async fn bucket_lock(
+        &self,
+    ) -> Result<wormvault::store::BucketLock, wormvault::store::StoreError> {
+        self.inner.bucket_lock().await
+    }
+    async fn probe_canary(
+        &self,
+        layout: &wormvault::layout::Layout,
+        canary: &wormvault::store::canary::Canary,
+    ) -> Result<wormvault::store::canary::CanaryOutcome, wormvault::store::StoreError> {
+        self.inner.probe_canary(layout, canary).await
+    }
+}
