@@ -69,6 +69,18 @@ impl Archive {
         settings: Settings,
         store: Arc<dyn WormStore>,
     ) -> Result<Archive, OpenError> {
+        let (archive, ()) = Self::open_alongside(settings, store, |_, _| async {}).await?;
+        Ok(archive)
+    }
+
+    /// [`Archive::open_with_store`], running `alongside` (given the store and the writer id)
+    /// while the anchors are listed, so that a store that is slow to answer holds a start up
+    /// once rather than twice (the daemon checks the bucket this way).
+    pub async fn open_alongside<T, F: std::future::Future<Output = T>>(
+        settings: Settings,
+        store: Arc<dyn WormStore>,
+        alongside: impl FnOnce(Arc<dyn WormStore>, WriterId) -> F,
+    ) -> Result<(Archive, T), OpenError> {
         let state = Arc::new(State::open(&settings.state_dir, STATE_CACHE_BYTES)?);
         let index_dir = settings.state_dir.join("index");
         let index = Index::open(
@@ -105,21 +117,25 @@ impl Archive {
                 id
             }
         };
-        let gate = match &settings.anchor {
-            None => crate::batch::DayGate::open(),
-            Some(a) => crate::batch::DayGate::new(
-                a.close_after,
-                anchored_through(&store, &settings.layout, &state).await?,
-            ),
+        let gate = async {
+            Ok::<_, OpenError>(match &settings.anchor {
+                None => crate::batch::DayGate::open(),
+                Some(a) => crate::batch::DayGate::new(
+                    a.close_after,
+                    anchored_through(&store, &settings.layout, &state).await?,
+                ),
+            })
         };
-        Ok(Archive {
+        let (gate, other) = tokio::join!(gate, alongside(store.clone(), writer.clone()));
+        let archive = Archive {
+            gate: gate?,
             settings,
             store,
             state,
             index,
             writer,
-            gate,
-        })
+        };
+        Ok((archive, other))
     }
 
     pub fn uploader(&self) -> Uploader {

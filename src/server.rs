@@ -82,20 +82,27 @@ pub async fn run(
              (only the development store runs without configured tokens)"
         ),
     };
-    let archive = Archive::open(settings.clone()).await?;
+    // The bucket check, run while the archive opens (and lists its anchors): a bucket that is
+    // reachable and unfit stops the start; an unreachable or hanging one does not, nor does it
+    // hold the start up for longer than `START_CHECK_WITHIN` (events are spooled; `/readyz`
+    // says not ready until it passes).
+    let store = crate::archive::open_store(&settings).await?;
+    let (archive, checked) = Archive::open_alongside(settings.clone(), store, |store, writer| {
+        let settings = settings.clone();
+        async move {
+            let check = crate::bucket::check_configured(&settings, &*store, &writer);
+            tokio::time::timeout(START_CHECK_WITHIN, check)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "no answer within {} s",
+                        START_CHECK_WITHIN.as_secs()
+                    ))
+                })
+        }
+    })
+    .await?;
     tracing::info!(writer = %archive.writer, store = %archive.store.describe(), "Archive opened.");
-    // The bucket check: a bucket that is reachable and unfit stops the start; an unreachable
-    // or hanging one does not, nor does it hold the start up for longer than
-    // `START_CHECK_WITHIN` (events are spooled; `/readyz` says not ready until it passes).
-    let check = crate::bucket::check_configured(&settings, &*archive.store, &archive.writer);
-    let checked = tokio::time::timeout(START_CHECK_WITHIN, check)
-        .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "no answer within {} s",
-                START_CHECK_WITHIN.as_secs()
-            ))
-        });
     let bucket = match checked {
         Ok(report) if report.passed => {
             tracing::info!(store = %report.store, "Bucket check passed: the bucket is fit for the archive.");

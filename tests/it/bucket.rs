@@ -445,7 +445,7 @@ fn the_daemon_starts_promptly_when_the_store_hangs() {
     let rt = runtime();
     // A deadline, not a measurement: waiting on the hung store would take minutes (each
     // request's 60 s operation timeout, retried).
-    let healthy = rt.block_on(client.wait_healthy(Duration::from_secs(45)));
+    let healthy = rt.block_on(client.wait_healthy(Duration::from_secs(30)));
     let ready = rt.block_on(client.get("/readyz")).map(|r| r.status);
     child.kill().unwrap();
     child.wait().unwrap();
