@@ -138,12 +138,12 @@ pub enum Command {
 }
 
 impl Command {
-    /// Whether the command runs the ingest pipeline (the daemon, an import), which reuses its
-    /// freed memory batch after batch.
-    pub fn is_pipeline(&self) -> bool {
+    /// Whether the command reuses its freed memory over and over: the ingest pipeline (the
+    /// daemon, an import) batch after batch, and a sweep segment after segment.
+    pub fn reuses_freed_memory(&self) -> bool {
         matches!(
             self,
-            Command::Serve | Command::Archive { .. } | Command::Upload
+            Command::Serve | Command::Archive { .. } | Command::Upload | Command::Verify { .. }
         )
     }
 }

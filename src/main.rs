@@ -11,13 +11,14 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 fn main() -> std::process::ExitCode {
     let cli = wormvault::cli::Cli::parse();
-    // In the pipeline (the daemon, imports) memory freed by one batch is reused by the next:
-    // returning it to the OS after the default delay only makes the kernel zero it again, and
-    // peak memory is bounded by configuration. Sweeps, anchoring and retrieval keep the
-    // default, so a large transient (a day's record index) is given back.
+    // In the pipeline (the daemon, imports) memory freed by one batch is reused by the next,
+    // and in a sweep by the next segment: returning it to the OS after the default delay only
+    // makes the kernel zero it again (a full sweep spent 5-10 % of its CPU time so), and peak
+    // memory is bounded by configuration and by the segments checked at once. Anchoring and
+    // retrieval keep the default.
     // SAFETY: plain option calls, before any other thread exists; the value read first checks
     // that the index still holds the purge delay (one of its documented defaults).
-    if cli.command.is_pipeline() {
+    if cli.command.reuses_freed_memory() {
         unsafe {
             if matches!(
                 libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY),
