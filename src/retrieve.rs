@@ -402,45 +402,39 @@ struct Run {
 }
 
 impl Run {
-    /// Writes the entries of a segment's decoded parts, merged into index order.
+    /// Writes the entries of a segment's decoded parts in index order: within one segment,
+    /// subject, time, event id, row.
     fn spill(segment: usize, parts: &[IndexPart]) -> std::io::Result<Run> {
-        use std::cmp::Reverse;
-        use std::collections::BinaryHeap;
         use std::io::{Seek, Write};
-        let mut out = std::io::BufWriter::with_capacity(1 << 16, tempfile::tempfile()?);
-        // Within one segment the order is subject, time, event id, row.
-        let head = |p: usize, pos: usize| {
-            let part = &parts[p];
-            let r = part.order[pos] as usize;
-            let s = &part.strings;
-            let row = part.first_row + r as u64;
-            Reverse((
-                (s[0].value(r), s[1].value(r), part.occurred_at.value(r)),
-                (s[3].value(r), row),
-                p,
-                pos,
-            ))
-        };
-        let mut heap: BinaryHeap<_> = (0..parts.len())
-            .filter(|&p| parts[p].rows > 0)
-            .map(|p| head(p, 0))
+        let mut keys: Vec<_> = parts
+            .iter()
+            .enumerate()
+            .flat_map(|(p, part)| {
+                let s = &part.strings;
+                (0..part.occurred_at.len()).map(move |r| {
+                    (
+                        s[0].value(r),
+                        s[1].value(r),
+                        part.occurred_at.value(r),
+                        s[3].value(r),
+                        part.first_row + r as u64,
+                        (p, r),
+                    )
+                })
+            })
             .collect();
-        let mut rows = 0u64;
-        while let Some(Reverse((_, _, p, pos))) = heap.pop() {
-            let part = &parts[p];
-            let r = part.order[pos] as usize;
-            for s in &part.strings {
+        keys.sort_unstable();
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, tempfile::tempfile()?);
+        for &(_, _, occurred_at, _, row, (p, r)) in &keys {
+            for s in &parts[p].strings {
                 let v = s.value(r).as_bytes();
                 out.write_all(&(v.len() as u32).to_le_bytes())?;
                 out.write_all(v)?;
             }
-            out.write_all(&part.occurred_at.value(r).to_le_bytes())?;
-            out.write_all(&(part.first_row + r as u64).to_le_bytes())?;
-            rows += 1;
-            if pos + 1 < part.rows {
-                heap.push(head(p, pos + 1));
-            }
+            out.write_all(&occurred_at.to_le_bytes())?;
+            out.write_all(&row.to_le_bytes())?;
         }
+        let rows = keys.len() as u64;
         let mut file = out.into_inner().map_err(|e| e.into_error())?;
         file.rewind()?;
         Ok(Run {
@@ -517,17 +511,13 @@ const INDEXED_COLUMNS: &[&str] = COLUMNS.split_at(7).0;
 /// One decoded batch of a segment's indexed columns.
 struct IndexPart {
     first_row: u64,
-    rows: usize,
-    /// The rows in index order.
-    order: Vec<u32>,
     /// `INDEXED_COLUMNS` but the last, in that order.
     strings: [arrow_array::StringArray; 6],
     occurred_at: arrow_array::TimestampMicrosecondArray,
 }
 
 impl IndexPart {
-    /// The part of batch `b` of a segment, with its rows sorted in index order (within one
-    /// segment the order is subject, time, event id, row).
+    /// Batch `b` of a segment, whose first row is row `first_row` of the segment.
     fn of(first_row: u64, b: &RecordBatch) -> Result<IndexPart, String> {
         let column = |name: &str| {
             b.column_by_name(name)
@@ -540,10 +530,8 @@ impl IndexPart {
                 .cloned()
                 .ok_or_else(|| format!("{name} is not a string column"))
         };
-        let mut part = IndexPart {
+        Ok(IndexPart {
             first_row,
-            rows: b.num_rows(),
-            order: Vec::new(),
             strings: [
                 string(INDEXED_COLUMNS[0])?,
                 string(INDEXED_COLUMNS[1])?,
@@ -557,23 +545,7 @@ impl IndexPart {
                 .downcast_ref::<arrow_array::TimestampMicrosecondArray>()
                 .cloned()
                 .ok_or("occurred_at is not a timestamp column")?,
-        };
-        let keys: Vec<_> = (0..part.rows)
-            .map(|r| {
-                let s = &part.strings;
-                (
-                    s[0].value(r),
-                    s[1].value(r),
-                    part.occurred_at.value(r),
-                    s[3].value(r),
-                    r as u32,
-                )
-            })
-            .collect();
-        let mut keys = keys;
-        keys.sort_unstable();
-        part.order = keys.iter().map(|k| k.4).collect();
-        Ok(part)
+        })
     }
 }
 
@@ -635,17 +607,9 @@ impl IndexWriter {
                 kv("daily_root", daily_root.to_owned()),
                 kv("events", n.to_string()),
             ]));
-        // Page statistics (the page index) only where rows are sorted: elsewhere they prune
-        // nothing and only make every query read a larger index.
-        for name in [
-            "actor_id",
-            "event_id",
-            "action",
-            "source",
-            "occurred_at",
-            "segment",
-            "row",
-        ] {
+        // Page statistics (the page index) only where rows are sorted (the subject columns):
+        // elsewhere they prune nothing and only make every query read a larger index.
+        for name in &COLUMNS[2..] {
             props = props.set_column_statistics_enabled(col(name), EnabledStatistics::Chunk);
         }
         for name in ["subject_id", "actor_id", "event_id"] {
@@ -661,25 +625,17 @@ impl IndexWriter {
             Some(props.build()),
         )
         .map_err(|e| e.to_string())?;
-        let mut w = IndexWriter {
+        // `finish` empties a builder and keeps its type: the same builders serve every batch.
+        Ok(IndexWriter {
             writer,
             schema,
-            strings: Vec::new(),
-            occurred: TimestampMicrosecondBuilder::new(),
+            strings: (0..6).map(|_| StringBuilder::new()).collect(),
+            occurred: TimestampMicrosecondBuilder::with_capacity(INDEX_WRITE_ROWS)
+                .with_timezone("UTC"),
             segment: StringBuilder::new(),
-            row: Int64Builder::new(),
+            row: Int64Builder::with_capacity(INDEX_WRITE_ROWS),
             pending: 0,
-        };
-        w.new_builders();
-        Ok(w)
-    }
-
-    fn new_builders(&mut self) {
-        self.strings = (0..6).map(|_| StringBuilder::new()).collect();
-        self.occurred =
-            TimestampMicrosecondBuilder::with_capacity(INDEX_WRITE_ROWS).with_timezone("UTC");
-        self.segment = StringBuilder::new();
-        self.row = Int64Builder::with_capacity(INDEX_WRITE_ROWS);
+        })
     }
 
     fn push(&mut self, e: EntryRef<'_>) -> Result<(), String> {
@@ -720,7 +676,6 @@ impl IndexWriter {
             RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| e.to_string())?;
         self.writer.write(&batch).map_err(|e| e.to_string())?;
         self.pending = 0;
-        self.new_builders();
         Ok(())
     }
 
