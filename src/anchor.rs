@@ -639,9 +639,12 @@ pub async fn run_scheduled(
     }
 }
 
-/// Closes every day up to `day` in `gate`, and remembers it in `state`.
+/// Closes every day up to `day` in `gate`, and remembers it in `state` when that is news (the
+/// gate starts from what the state remembers, so nothing is written minute after minute).
 fn close_through(gate: &crate::batch::DayGate, state: &crate::state::State, day: Day) {
-    gate.close_through(day);
+    if !gate.close_through(day) {
+        return;
+    }
     if let Err(e) = state.set_anchored_through(day) {
         tracing::warn!(error = %e, day = %day, "Could not record the last anchored day in the state.");
     }

@@ -186,10 +186,14 @@ async fn anchored_through(
         crate::anchor::anchored_days(store, layout),
     )
     .await;
+    let known = state.anchored_through()?;
     match listed {
         Ok(Ok(days)) => {
-            if let Some(&last) = days.last() {
+            if let Some(&last) = days.last()
+                && known < Some(last)
+            {
                 state.set_anchored_through(last)?;
+                return Ok(Some(last));
             }
         }
         Ok(Err(e)) => tracing::warn!(
@@ -201,7 +205,7 @@ async fn anchored_through(
             "The store did not list its anchors in time; going on with the last anchored day this writer knows."
         ),
     }
-    Ok(state.anchored_through()?)
+    Ok(known)
 }
 
 /// A fresh state with a configured writer id must not continue a chain it does not hold.

@@ -138,12 +138,14 @@ impl DayGate {
         })))
     }
 
-    /// Records that every day up to `day` is anchored.
-    pub fn close_through(&self, day: Day) {
-        if let Some(g) = &self.0 {
+    /// Records that every day up to `day` is anchored; true if that closed a day not closed
+    /// before.
+    pub fn close_through(&self, day: Day) -> bool {
+        self.0.as_ref().is_some_and(|g| {
             g.anchored_through
-                .fetch_max(day.days_since_epoch(), std::sync::atomic::Ordering::Relaxed);
-        }
+                .fetch_max(day.days_since_epoch(), std::sync::atomic::Ordering::Relaxed)
+                < day.days_since_epoch()
+        })
     }
 
     /// The day of the lane an event that occurred on `occurred` joins now.
@@ -446,10 +448,11 @@ mod tests {
         let now = at("2026-11-22T12:00:00Z");
         assert_eq!(gate.lane_day_at(d("2020-01-01"), now), d("2026-11-22"));
         assert_eq!(gate.lane_day_at(d("2020-01-03"), now), d("2020-01-03"));
-        gate.close_through(d("2020-01-03"));
+        assert!(gate.close_through(d("2020-01-03")), "news");
         assert_eq!(gate.lane_day_at(d("2020-01-03"), now), d("2026-11-22"));
-        // Closing never goes backwards.
-        gate.close_through(d("2019-01-01"));
+        // Closing never goes backwards, and the same day again is no news.
+        assert!(!gate.close_through(d("2019-01-01")));
+        assert!(!gate.close_through(d("2020-01-03")));
         assert_eq!(gate.lane_day_at(d("2020-01-02"), now), d("2026-11-22"));
     }
 }

@@ -227,18 +227,11 @@ impl State {
         self.meta("anchored_through")
     }
 
-    /// Records that every day up to `day` is anchored (a later day only ever replaces it).
+    /// Records that every day up to `day` is anchored. Callers pass a later day than the one
+    /// kept: the anchor scheduler only when its day gate advances, an opening archive only
+    /// when the store lists a later anchor.
     pub fn set_anchored_through(&self, day: Day) -> Result<()> {
-        self.write(|txn| {
-            let known = txn
-                .open_table(META)?
-                .get("anchored_through")?
-                .and_then(|v| serde_json::from_slice::<Day>(v.value()).ok());
-            if known.is_none_or(|k| k < day) {
-                Self::put_meta_in(txn, "anchored_through", &day)?;
-            }
-            Ok(())
-        })
+        self.write(|txn| Self::put_meta_in(txn, "anchored_through", &day))
     }
 
     pub fn lane_next_seq(&self, lane: &Lane) -> Result<u64> {
