@@ -24,6 +24,9 @@ use crate::store::canary::{Canary, CanaryOutcome};
 use crate::store::{BucketLock, LockMode, StoreError, WormStore};
 use crate::timestamp::Timestamp;
 
+/// The property proved by the canary: deleting a locked version is refused.
+const LOCKED_DELETE: &str = "locked_delete";
+
 /// One property of the bucket.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Property {
@@ -88,17 +91,34 @@ impl BucketReport {
 
     /// The failing properties, as sentences (the mirror's prefixed `mirror `).
     pub fn problems(&self) -> Vec<String> {
-        let own = self
-            .properties
+        self.own_problems(|_| true)
+            .chain(self.mirror_problems())
+            .collect()
+    }
+
+    /// The problems only the whole check finds: the canary's `locked_delete`, and every
+    /// problem of the mirror. Between two whole checks (a day apart) they stand.
+    pub fn problems_of_the_whole_check(&self) -> Vec<String> {
+        self.own_problems(|p| p.name == LOCKED_DELETE)
+            .chain(self.mirror_problems())
+            .collect()
+    }
+
+    fn own_problems<'a>(
+        &'a self,
+        which: impl Fn(&Property) -> bool + 'a,
+    ) -> impl Iterator<Item = String> + 'a {
+        self.properties
             .iter()
-            .filter(|p| !p.ok)
-            .map(|p| format!("{}: {}", p.name, p.sentence));
-        let mirror = self
-            .mirror
+            .filter(move |p| !p.ok && which(p))
+            .map(|p| format!("{}: {}", p.name, p.sentence))
+    }
+
+    fn mirror_problems(&self) -> impl Iterator<Item = String> + '_ {
+        self.mirror
             .iter()
             .flat_map(|m| m.problems())
-            .map(|p| format!("mirror {p}"));
-        own.chain(mirror).collect()
+            .map(|p| format!("mirror {p}"))
     }
 
     /// The report for a terminal.
@@ -247,21 +267,17 @@ pub fn canary_property(outcome: &CanaryOutcome) -> Property {
             version_id,
             refusal,
         } => Property::new(
-            "locked_delete",
+            LOCKED_DELETE,
             true,
             expected,
             format!("refused: {refusal}"),
             format!("deleting the locked canary {key} (version {version_id}) was refused"),
         ),
-        CanaryOutcome::NotApplicable(why) => Property::new(
-            "locked_delete",
-            true,
-            expected,
-            "not applicable",
-            why.clone(),
-        ),
+        CanaryOutcome::NotApplicable(why) => {
+            Property::new(LOCKED_DELETE, true, expected, "not applicable", why.clone())
+        }
         CanaryOutcome::Deleted { key, version_id } => Property::new(
-            "locked_delete",
+            LOCKED_DELETE,
             false,
             expected,
             "deleted",
@@ -270,7 +286,7 @@ pub fn canary_property(outcome: &CanaryOutcome) -> Property {
             ),
         ),
         CanaryOutcome::NotSealed { key, problem } => Property::new(
-            "locked_delete",
+            LOCKED_DELETE,
             false,
             expected,
             format!("the canary was not sealed: {problem}"),
@@ -279,7 +295,7 @@ pub fn canary_property(outcome: &CanaryOutcome) -> Property {
             ),
         ),
         CanaryOutcome::PutRefused { key, error } => Property::new(
-            "locked_delete",
+            LOCKED_DELETE,
             false,
             expected,
             format!("the sealed write was refused: {error}"),
@@ -317,7 +333,7 @@ pub async fn check(
         canary_property(&store.probe_canary(layout, &canary).await?)
     } else {
         Property::new(
-            "locked_delete",
+            LOCKED_DELETE,
             false,
             "deleting a COMPLIANCE-locked version is refused",
             "not tried",
@@ -365,6 +381,41 @@ mod tests {
 
     fn failing(props: &[Property]) -> Vec<&'static str> {
         props.iter().filter(|p| !p.ok).map(|p| p.name).collect()
+    }
+
+    /// Between two whole checks only what the whole check alone finds carries over: the
+    /// canary's property and the mirror's problems, not the configuration's.
+    #[test]
+    fn the_whole_checks_own_problems() {
+        let report = |props: Vec<Property>| BucketReport {
+            store: "s".into(),
+            checked_at: String::new(),
+            min_default_retention_days: 1,
+            passed: false,
+            properties: props,
+            mirror: None,
+        };
+        let mut props = lock_properties(&lock(Some(LockMode::Governance), Some(2192)), 1095);
+        props.push(Property::new(
+            LOCKED_DELETE,
+            false,
+            "refused",
+            "deleted",
+            "it was deleted",
+        ));
+        let mirror = report(lock_properties(
+            &lock(Some(LockMode::Compliance), Some(1)),
+            1095,
+        ));
+        let whole = report(props).with_mirror(mirror);
+        assert_eq!(whole.problems().len(), 3, "{:?}", whole.problems());
+        assert_eq!(
+            whole.problems_of_the_whole_check(),
+            [
+                "locked_delete: it was deleted".to_owned(),
+                format!("mirror {}", whole.mirror.as_ref().unwrap().problems()[0])
+            ]
+        );
     }
 
     #[test]

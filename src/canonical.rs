@@ -688,6 +688,7 @@ impl Parser<'_, '_> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     /// The word-at-a-time check agrees with the byte-by-byte rule for every byte value at
     /// every position of strings of every length up to 20.
@@ -707,7 +708,6 @@ mod tests {
         assert!(needs_no_escape(""));
         assert!(needs_no_escape("\u{e9}t\u{e9} \u{1F600}"));
     }
-    use super::*;
 
     #[test]
     fn rfc8785_number_examples() {

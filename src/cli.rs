@@ -963,10 +963,9 @@ fn index_rebuild_cmd(settings: Settings, day: Option<String>) -> ExitCode {
     }
 }
 
-/// Archives the event that records a retrieval from the command line, through this
-/// configuration's writer, before anything is retrieved.
-/// Archives the retrieval (`action` of `filter` for `case`, asked by `requester`) before
-/// anything is retrieved; returns the archive's store to retrieve from. Nothing is retrieved if the
+/// Archives the event that records a retrieval from the command line (`action` of `filter`
+/// for `case`, asked by `requester`), through this configuration's writer, before anything is
+/// retrieved; returns the archive's store to retrieve from. Nothing is retrieved if the
 /// retrieval cannot be recorded.
 fn cli_retrieval(
     rt: &tokio::runtime::Runtime,

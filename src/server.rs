@@ -307,25 +307,22 @@ async fn readiness_loop(
                 .await
                 .map_err(|e| e.to_string())
         };
-        let (ready, problems) =
-            match checked {
-                Ok(report) => {
-                    if due {
-                        full_at = Some(std::time::Instant::now());
-                        full = Some(report.clone());
-                    }
-                    // The delete probe's and the mirror's last results stand until the next daily
-                    // check.
-                    let mut problems = report.problems();
-                    if !due && let Some(f) = &full {
-                        problems.extend(f.problems().into_iter().filter(|p| {
-                            p.starts_with("locked_delete") || p.starts_with("mirror ")
-                        }));
-                    }
-                    (problems.is_empty(), problems)
+        let (ready, problems) = match checked {
+            Ok(report) => {
+                if due {
+                    full_at = Some(std::time::Instant::now());
+                    full = Some(report.clone());
                 }
-                Err(e) => (false, vec![format!("the store is not reachable: {e}")]),
-            };
+                // The delete probe's and the mirror's last results stand until the next daily
+                // check.
+                let mut problems = report.problems();
+                if !due && let Some(f) = &full {
+                    problems.extend(f.problems_of_the_whole_check());
+                }
+                (problems.is_empty(), problems)
+            }
+            Err(e) => (false, vec![format!("the store is not reachable: {e}")]),
+        };
         let (was, first) = {
             let r = shared.readiness.read().expect("lock");
             (r.ready, r.checked_at.is_none())
