@@ -15,6 +15,9 @@
 
 use sha2::{Digest, Sha256};
 
+#[cfg(target_arch = "x86_64")]
+mod sha_ni;
+
 /// A SHA-256 output.
 pub type Hash = [u8; 32];
 
@@ -34,6 +37,25 @@ pub fn leaf_hash(data: &[u8]) -> Hash {
     h.update([0x00]);
     h.update(data);
     h.finalize().into()
+}
+
+/// Appends the leaf hashes of `rows` to `out`, in order. The same as mapping [`leaf_hash`],
+/// but on x86-64 CPUs with the SHA extensions two leaves are hashed side by side (about a
+/// quarter faster; the full sweep hashes every leaf of every segment).
+pub fn extend_leaf_hashes<'a>(out: &mut Vec<Hash>, rows: impl IntoIterator<Item = &'a [u8]>) {
+    let mut rows = rows.into_iter();
+    #[cfg(target_arch = "x86_64")]
+    if sha_ni::supported() {
+        while let Some(a) = rows.next() {
+            match rows.next() {
+                // SAFETY: `supported()` checked the CPU has what the pair code uses.
+                Some(b) => out.extend(unsafe { sha_ni::leaf_hash_pair(a, b) }),
+                None => out.push(leaf_hash(a)),
+            }
+        }
+        return;
+    }
+    out.extend(rows.map(leaf_hash));
 }
 
 /// `SHA-256(0x01 ‖ left ‖ right)`.
@@ -190,6 +212,32 @@ mod tests {
                 "tree of {n} leaves"
             );
         }
+    }
+
+    #[test]
+    fn leaf_hashes_in_bulk_equal_one_at_a_time() {
+        // Odd and even counts (the bulk path hashes pairs and the last one alone), lengths
+        // on both sides of a block boundary, and the known-answer leaves.
+        let mut rows: Vec<Vec<u8>> = LEAVES.iter().map(|h| hex::decode(h).unwrap()).collect();
+        rows.extend((50..140).map(|n| (0..n).map(|i| (i * 31 + n) as u8).collect()));
+        for count in [0, 1, 2, 3, 8, 9, rows.len()] {
+            let mut bulk = Vec::new();
+            merkle_rows(&mut bulk, &rows[..count]);
+            let single: Vec<Hash> = rows[..count].iter().map(|r| leaf_hash(r)).collect();
+            assert_eq!(bulk, single, "{count} rows");
+        }
+        assert_eq!(
+            root(&{
+                let mut l = Vec::new();
+                merkle_rows(&mut l, &rows[..8]);
+                l
+            }),
+            root(&leaves())
+        );
+    }
+
+    fn merkle_rows(out: &mut Vec<Hash>, rows: &[Vec<u8>]) {
+        extend_leaf_hashes(out, rows.iter().map(|r| r.as_slice()));
     }
 
     #[test]
