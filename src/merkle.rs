@@ -7,9 +7,11 @@
 //! MTH(D[n])  = node(MTH(D[0:k]), MTH(D[k:n])) with k the largest power of two < n
 //! ```
 //!
-//! Trees are built with `rs_merkle` through [`Rfc6962Hasher`], whose `concat_and_hash`
-//! promotes an unpaired right-most node unchanged; building bottom-up that way yields exactly
-//! the RFC 6962 §2.1 tree (the known-answer tests below pin it). Proof *verification* is our
+//! Trees are built bottom-up, promoting an unpaired right-most node unchanged; that yields
+//! exactly the RFC 6962 §2.1 tree (the known-answer tests below pin it). [`Tree`], for
+//! inclusion proofs, uses `rs_merkle` through [`Rfc6962Hasher`]; [`root`], for sealing and
+//! checking segments, is our own level-by-level loop that hashes two nodes at a time where the
+//! CPU allows ([`extend_leaf_hashes`] does the same for leaves), and is tested against [`Tree`]. Proof *verification* is our
 //! own code, written from RFC 9162 §2.1.3.2, so that `rs_merkle` is checked rather than
 //! trusted, and so that offline verifiers have a short algorithm to copy.
 
@@ -121,8 +123,50 @@ impl Tree {
 }
 
 /// The root over `leaves` (RFC 6962 MTH).
+///
+/// Built level by level, as [`Tree`] does (the unpaired last node of a level moves up
+/// unchanged), but in one buffer and, on x86-64 CPUs with the SHA extensions, two nodes at a
+/// time: a segment's tree has as many nodes as leaves, so its root costs about a fifth of what
+/// hashing its leaves does. The tests check it against [`Tree`] for every size to 130.
 pub fn root(leaves: &[Hash]) -> Hash {
-    Tree::from_leaf_hashes(leaves).root()
+    if leaves.is_empty() {
+        return EMPTY_ROOT;
+    }
+    let mut level = leaves.to_vec();
+    while level.len() > 1 {
+        next_level(&mut level);
+    }
+    level[0]
+}
+
+/// Replaces a level of the tree with the level above it, in place (node `i` above is made
+/// from nodes `2i` and `2i + 1` below, which no earlier write has touched).
+fn next_level(level: &mut Vec<Hash>) {
+    let n = level.len();
+    let pairs = n / 2;
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if sha_ni::supported() {
+        while i + 1 < pairs {
+            let (l, r) = (2 * i, 2 * i + 2);
+            // SAFETY: `supported()` checked the CPU has what the pair code uses.
+            let [a, b] = unsafe {
+                sha_ni::node_hash_pair([&level[l], &level[l + 1]], [&level[r], &level[r + 1]])
+            };
+            level[i] = a;
+            level[i + 1] = b;
+            i += 2;
+        }
+    }
+    for i in i..pairs {
+        level[i] = node_hash(&level[2 * i], &level[2 * i + 1]);
+    }
+    if n % 2 == 1 {
+        level[pairs] = level[n - 1];
+        level.truncate(pairs + 1);
+    } else {
+        level.truncate(pairs);
+    }
 }
 
 /// Verifies an inclusion proof (RFC 9162 §2.1.3.2): does `leaf` sit at `index` in a tree of
@@ -234,6 +278,18 @@ mod tests {
             }),
             root(&leaves())
         );
+    }
+
+    #[test]
+    fn the_level_by_level_root_equals_the_tree_for_every_size() {
+        let all: Vec<Hash> = (0u32..130).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        for n in 0..=all.len() {
+            assert_eq!(
+                root(&all[..n]),
+                Tree::from_leaf_hashes(&all[..n]).root(),
+                "{n} leaves"
+            );
+        }
     }
 
     fn merkle_rows(out: &mut Vec<Hash>, rows: &[Vec<u8>]) {
