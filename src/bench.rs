@@ -243,7 +243,7 @@ pub fn stage_costs(n: usize, reps: usize) -> Vec<(&'static str, f64)> {
         .collect();
     let leaves: Vec<_> = records.iter().map(|r| r.leaf).collect();
     out.push((
-        "Merkle root (rs_merkle, RFC 6962)",
+        "Merkle root (RFC 6962, nodes in pairs)",
         best(&mut || {
             std::hint::black_box(crate::merkle::root(&leaves));
         }),
