@@ -45,9 +45,19 @@ pub fn leaf_hash(data: &[u8]) -> Hash {
 /// but on x86-64 CPUs with the SHA extensions two leaves are hashed side by side (about a
 /// quarter faster; the full sweep hashes every leaf of every segment).
 pub fn extend_leaf_hashes<'a>(out: &mut Vec<Hash>, rows: impl IntoIterator<Item = &'a [u8]>) {
+    leaf_hashes_into(out, rows, true);
+}
+
+/// [`extend_leaf_hashes`]; `pairs` allows the pair code where the CPU has it (the tests turn
+/// it off to check the other path on the same machine).
+fn leaf_hashes_into<'a>(
+    out: &mut Vec<Hash>,
+    rows: impl IntoIterator<Item = &'a [u8]>,
+    pairs: bool,
+) {
     let mut rows = rows.into_iter();
     #[cfg(target_arch = "x86_64")]
-    if sha_ni::supported() {
+    if pairs && sha_ni::supported() {
         while let Some(a) = rows.next() {
             match rows.next() {
                 // SAFETY: `supported()` checked the CPU has what the pair code uses.
@@ -57,6 +67,7 @@ pub fn extend_leaf_hashes<'a>(out: &mut Vec<Hash>, rows: impl IntoIterator<Item 
         }
         return;
     }
+    let _ = pairs; // unused where there is no pair code
     out.extend(rows.map(leaf_hash));
 }
 
@@ -129,25 +140,30 @@ impl Tree {
 /// time: a segment's tree has as many nodes as leaves, so its root costs about a fifth of what
 /// hashing its leaves does. The tests check it against [`Tree`] for every size to 130.
 pub fn root(leaves: &[Hash]) -> Hash {
+    root_with(leaves, true)
+}
+
+/// [`root`]; `pairs` as for [`leaf_hashes_into`].
+fn root_with(leaves: &[Hash], pairs: bool) -> Hash {
     if leaves.is_empty() {
         return EMPTY_ROOT;
     }
     let mut level = leaves.to_vec();
     while level.len() > 1 {
-        next_level(&mut level);
+        next_level(&mut level, pairs);
     }
     level[0]
 }
 
 /// Replaces a level of the tree with the level above it, in place (node `i` above is made
 /// from nodes `2i` and `2i + 1` below, which no earlier write has touched).
-fn next_level(level: &mut Vec<Hash>) {
+fn next_level(level: &mut Vec<Hash>, pairs: bool) {
     let n = level.len();
-    let pairs = n / 2;
+    let nodes = n / 2;
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
-    if sha_ni::supported() {
-        while i + 1 < pairs {
+    if pairs && sha_ni::supported() {
+        while i + 1 < nodes {
             let (l, r) = (2 * i, 2 * i + 2);
             // SAFETY: `supported()` checked the CPU has what the pair code uses.
             let [a, b] = unsafe {
@@ -158,14 +174,15 @@ fn next_level(level: &mut Vec<Hash>) {
             i += 2;
         }
     }
-    for i in i..pairs {
+    let _ = pairs; // unused where there is no pair code
+    for i in i..nodes {
         level[i] = node_hash(&level[2 * i], &level[2 * i + 1]);
     }
     if n % 2 == 1 {
-        level[pairs] = level[n - 1];
-        level.truncate(pairs + 1);
+        level[nodes] = level[n - 1];
+        level.truncate(nodes + 1);
     } else {
-        level.truncate(pairs);
+        level.truncate(nodes);
     }
 }
 
@@ -261,39 +278,34 @@ mod tests {
     #[test]
     fn leaf_hashes_in_bulk_equal_one_at_a_time() {
         // Odd and even counts (the bulk path hashes pairs and the last one alone), lengths
-        // on both sides of a block boundary, and the known-answer leaves.
+        // on both sides of a block boundary, and the known-answer leaves; with pairs and
+        // without (the path of CPUs without the SHA extensions).
         let mut rows: Vec<Vec<u8>> = LEAVES.iter().map(|h| hex::decode(h).unwrap()).collect();
         rows.extend((50..140).map(|n| (0..n).map(|i| (i * 31 + n) as u8).collect()));
+        let bulk = |count: usize, pairs: bool| {
+            let mut out = Vec::new();
+            leaf_hashes_into(&mut out, rows[..count].iter().map(|r| r.as_slice()), pairs);
+            out
+        };
         for count in [0, 1, 2, 3, 8, 9, rows.len()] {
-            let mut bulk = Vec::new();
-            merkle_rows(&mut bulk, &rows[..count]);
             let single: Vec<Hash> = rows[..count].iter().map(|r| leaf_hash(r)).collect();
-            assert_eq!(bulk, single, "{count} rows");
+            assert_eq!(bulk(count, true), single, "{count} rows in pairs");
+            assert_eq!(bulk(count, false), single, "{count} rows one by one");
         }
-        assert_eq!(
-            root(&{
-                let mut l = Vec::new();
-                merkle_rows(&mut l, &rows[..8]);
-                l
-            }),
-            root(&leaves())
-        );
+        let mut public = Vec::new();
+        extend_leaf_hashes(&mut public, rows[..8].iter().map(|r| r.as_slice()));
+        assert_eq!(root(&public), root(&leaves()));
     }
 
     #[test]
     fn the_level_by_level_root_equals_the_tree_for_every_size() {
         let all: Vec<Hash> = (0u32..130).map(|i| leaf_hash(&i.to_be_bytes())).collect();
         for n in 0..=all.len() {
-            assert_eq!(
-                root(&all[..n]),
-                Tree::from_leaf_hashes(&all[..n]).root(),
-                "{n} leaves"
-            );
+            let tree = Tree::from_leaf_hashes(&all[..n]).root();
+            assert_eq!(root_with(&all[..n], true), tree, "{n} leaves, in pairs");
+            assert_eq!(root_with(&all[..n], false), tree, "{n} leaves, one by one");
+            assert_eq!(root(&all[..n]), tree, "{n} leaves");
         }
-    }
-
-    fn merkle_rows(out: &mut Vec<Hash>, rows: &[Vec<u8>]) {
-        extend_leaf_hashes(out, rows.iter().map(|r| r.as_slice()));
     }
 
     #[test]
