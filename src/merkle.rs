@@ -55,9 +55,10 @@ fn leaf_hashes_into<'a>(
     rows: impl IntoIterator<Item = &'a [u8]>,
     pairs: bool,
 ) {
-    let mut rows = rows.into_iter();
+    let rows = rows.into_iter();
     #[cfg(target_arch = "x86_64")]
     if pairs && sha_ni::supported() {
+        let mut rows = rows;
         while let Some(a) = rows.next() {
             match rows.next() {
                 // SAFETY: `supported()` checked the CPU has what the pair code uses.
@@ -160,22 +161,19 @@ fn root_with(leaves: &[Hash], pairs: bool) -> Hash {
 fn next_level(level: &mut Vec<Hash>, pairs: bool) {
     let n = level.len();
     let nodes = n / 2;
-    let mut i = 0;
     #[cfg(target_arch = "x86_64")]
-    if pairs && sha_ni::supported() {
-        while i + 1 < nodes {
-            let (l, r) = (2 * i, 2 * i + 2);
-            // SAFETY: `supported()` checked the CPU has what the pair code uses.
-            let [a, b] = unsafe {
-                sha_ni::node_hash_pair([&level[l], &level[l + 1]], [&level[r], &level[r + 1]])
-            };
-            level[i] = a;
-            level[i + 1] = b;
-            i += 2;
-        }
-    }
-    let _ = pairs; // unused where there is no pair code
-    for i in i..nodes {
+    let done = if pairs && sha_ni::supported() {
+        // SAFETY: `supported()` checked the CPU has what the pair code uses.
+        unsafe { node_pairs(level, nodes) }
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = {
+        let _ = pairs;
+        0
+    };
+    for i in done..nodes {
         level[i] = node_hash(&level[2 * i], &level[2 * i + 1]);
     }
     if n % 2 == 1 {
@@ -184,6 +182,28 @@ fn next_level(level: &mut Vec<Hash>, pairs: bool) {
     } else {
         level.truncate(nodes);
     }
+}
+
+/// The first nodes of the level above `level`, two at a time, in place; returns how many it
+/// made (all of `nodes` but an odd last one).
+///
+/// # Safety
+///
+/// As for [`sha_ni::node_hash_pair`].
+#[cfg(target_arch = "x86_64")]
+unsafe fn node_pairs(level: &mut [Hash], nodes: usize) -> usize {
+    let mut i = 0;
+    while i + 1 < nodes {
+        let (l, r) = (2 * i, 2 * i + 2);
+        // SAFETY: the caller's.
+        let [a, b] = unsafe {
+            sha_ni::node_hash_pair([&level[l], &level[l + 1]], [&level[r], &level[r + 1]])
+        };
+        level[i] = a;
+        level[i + 1] = b;
+        i += 2;
+    }
+    i
 }
 
 /// Verifies an inclusion proof (RFC 9162 §2.1.3.2): does `leaf` sit at `index` in a tree of
