@@ -593,7 +593,10 @@ pub fn check_segment(bytes: Bytes) -> Result<(SegmentInfo, SegmentCheck), String
         let batch = batch.map_err(|e| format!("decoding: {e}"))?;
         let c = Columns::of(&batch)?;
         let batch_start = leaves.len();
-        merkle::extend_leaf_hashes(&mut leaves, c.canonical.iter().flatten());
+        merkle::extend_leaf_hashes(
+            &mut leaves,
+            (0..batch.num_rows()).map(|i| c.canonical.value(i)),
+        );
         for i in 0..batch.num_rows() {
             let row = check.rows;
             let canonical = c.canonical.value(i);
