@@ -44,7 +44,7 @@ use crate::daemon::{Command, EventOutcome, FlushReply, IngestReply, Item};
 use crate::event::{EventError, Limits, Record, RejectKind, parse_event};
 use crate::import::CONFLICT_REASON;
 use crate::retention::RetentionPolicy;
-use crate::timestamp::Timestamp;
+use crate::timestamp::{Day, Timestamp};
 
 /// The client's address, for logs.
 #[derive(Clone, Copy, Debug)]
@@ -394,62 +394,101 @@ async fn post_events(
     }
 }
 
+/// One event's entry in the answer to `POST /v1/events`, keys in the order docs/API.md shows.
+#[derive(serde::Serialize)]
+struct EventResult<'a> {
+    index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<usize>,
+    /// `null` when the event's id could not be read.
+    event_id: Option<&'a str>,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    day: Option<Day>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retention_class: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct IngestAnswer<'a> {
+    accepted: u64,
+    duplicates: u64,
+    rejected: u64,
+    results: Vec<EventResult<'a>>,
+}
+
 fn results(slots: &[Slot], outcomes: Vec<EventOutcome>) -> Response {
-    let (mut accepted, mut duplicates, mut rejected) = (0u64, 0u64, 0u64);
-    let mut out = Vec::with_capacity(outcomes.len());
-    for (slot, outcome) in slots.iter().zip(outcomes) {
-        let mut r = serde_json::Map::new();
-        r.insert("index".into(), slot.index.into());
-        if let Some(line) = slot.line {
-            r.insert("line".into(), line.into());
-        }
-        match outcome {
-            EventOutcome::Accepted { lane, seq, note } => {
-                accepted += 1;
-                r.insert("event_id".into(), slot.event_id.clone().into());
-                r.insert("status".into(), "accepted".into());
-                r.insert("day".into(), lane.day.to_string().into());
-                r.insert("retention_class".into(), lane.class.to_string().into());
-                r.insert("seq".into(), seq.into());
-                if let Some(note) = note {
-                    r.insert("note".into(), note.into());
-                }
-            }
-            EventOutcome::Duplicate => {
-                duplicates += 1;
-                r.insert("event_id".into(), slot.event_id.clone().into());
-                r.insert("status".into(), "duplicate".into());
-            }
-            EventOutcome::Conflict => {
-                rejected += 1;
-                r.insert("event_id".into(), slot.event_id.clone().into());
-                r.insert("status".into(), "rejected".into());
-                r.insert("code".into(), RejectKind::Conflict.as_str().into());
-                r.insert("reason".into(), CONFLICT_REASON.into());
-            }
-            EventOutcome::Rejected(e) => {
-                rejected += 1;
-                r.insert(
-                    "event_id".into(),
-                    e.event_id.clone().or_else(|| slot.event_id.clone()).into(),
-                );
-                r.insert("status".into(), "rejected".into());
-                r.insert("code".into(), e.kind.as_str().into());
-                if let Some(field) = e.field {
-                    r.insert("field".into(), field.into());
-                }
-                r.insert("reason".into(), e.reason.into());
-            }
-        }
-        out.push(serde_json::Value::Object(r));
-    }
-    let body = serde_json::json!({ "accepted": accepted, "duplicates": duplicates, "rejected": rejected, "results": out });
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
+        answer_json(slots, &outcomes),
     )
         .into_response()
+}
+
+/// The body of a `200` answer: counts, then one result per event in the order sent.
+fn answer_json(slots: &[Slot], outcomes: &[EventOutcome]) -> String {
+    let mut answer = IngestAnswer {
+        accepted: 0,
+        duplicates: 0,
+        rejected: 0,
+        results: Vec::with_capacity(outcomes.len()),
+    };
+    for (slot, outcome) in slots.iter().zip(outcomes) {
+        let mut r = EventResult {
+            index: slot.index,
+            line: slot.line,
+            event_id: slot.event_id.as_deref(),
+            status: "",
+            day: None,
+            retention_class: None,
+            seq: None,
+            note: None,
+            code: None,
+            field: None,
+            reason: None,
+        };
+        match outcome {
+            EventOutcome::Accepted { lane, seq, note } => {
+                answer.accepted += 1;
+                r.status = "accepted";
+                r.day = Some(lane.day);
+                r.retention_class = Some(&lane.class);
+                r.seq = Some(*seq);
+                r.note = note.as_deref();
+            }
+            EventOutcome::Duplicate => {
+                answer.duplicates += 1;
+                r.status = "duplicate";
+            }
+            EventOutcome::Conflict => {
+                answer.rejected += 1;
+                r.status = "rejected";
+                r.code = Some(RejectKind::Conflict.as_str());
+                r.reason = Some(CONFLICT_REASON);
+            }
+            EventOutcome::Rejected(e) => {
+                answer.rejected += 1;
+                r.status = "rejected";
+                r.event_id = e.event_id.as_deref().or(r.event_id);
+                r.code = Some(e.kind.as_str());
+                r.field = e.field.as_deref();
+                r.reason = Some(&e.reason);
+            }
+        }
+        answer.results.push(r);
+    }
+    serde_json::to_string(&answer).expect("serializable")
 }
 
 /// The query string of `GET /v1/records`.
@@ -737,4 +776,60 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         shared.metrics.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Lane;
+
+    #[test]
+    fn an_answer_names_every_event_in_the_documented_shape() {
+        let slot = |index, line: Option<usize>, id: Option<&str>| Slot {
+            index,
+            line,
+            event_id: id.map(str::to_owned),
+        };
+        let rejected = |kind, field: Option<&str>, id: Option<&str>| {
+            EventOutcome::Rejected(EventError {
+                kind,
+                field: field.map(str::to_owned),
+                reason: "why".into(),
+                event_id: id.map(str::to_owned),
+            })
+        };
+        let slots = [
+            slot(0, Some(1), Some("e-1")),
+            slot(1, Some(2), Some("e-0")),
+            slot(2, Some(3), Some("e-5")),
+            slot(3, Some(5), None),
+            slot(4, None, None),
+        ];
+        let outcomes = [
+            EventOutcome::Accepted {
+                lane: Lane {
+                    day: Day::parse("2026-11-20").unwrap(),
+                    class: "sec-17a-4-a".into(),
+                },
+                seq: 42,
+                note: None,
+            },
+            EventOutcome::Duplicate,
+            EventOutcome::Conflict,
+            // The parser read the id though the line splitter could not.
+            rejected(RejectKind::InvalidValue, Some("actor.type"), Some("e-2")),
+            rejected(RejectKind::Malformed, None, None),
+        ];
+        let conflict = serde_json::to_string(CONFLICT_REASON).unwrap();
+        let expected = [
+            r#"{"accepted":1,"duplicates":1,"rejected":3,"results":["#,
+            r#"{"index":0,"line":1,"event_id":"e-1","status":"accepted","day":"2026-11-20","retention_class":"sec-17a-4-a","seq":42},"#,
+            r#"{"index":1,"line":2,"event_id":"e-0","status":"duplicate"},"#,
+            &format!(r#"{{"index":2,"line":3,"event_id":"e-5","status":"rejected","code":"conflict","reason":{conflict}}},"#),
+            r#"{"index":3,"line":5,"event_id":"e-2","status":"rejected","code":"invalid_value","field":"actor.type","reason":"why"},"#,
+            r#"{"index":4,"event_id":null,"status":"rejected","code":"malformed","reason":"why"}]}"#,
+        ]
+        .concat();
+        assert_eq!(answer_json(&slots, &outcomes), expected);
+    }
 }
