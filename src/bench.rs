@@ -575,6 +575,20 @@ pub fn peak_rss_of(pid: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The CPU time process `pid` has used so far, user plus system, in seconds (fields 14 and 15
+/// of `/proc/<pid>/stat`). Less sensitive than throughput to what else the host is running.
+pub fn cpu_seconds_of(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11); // field 3 is the first after ')'
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (user + system) as f64 / ticks as f64)
+}
+
 /// Runs a command to completion with its stdout captured; returns the stdout, whether it
 /// succeeded, the wall time, and the child's own peak RSS in bytes (from `wait4`, so it covers
 /// the whole life of the child and nothing else).
@@ -617,6 +631,22 @@ pub fn reset_peak_rss() {
 mod tests {
     use super::*;
     use crate::event::{Limits, parse_event};
+
+    #[test]
+    fn cpu_time_of_this_process_is_read_and_grows() {
+        let before = cpu_seconds_of("self").expect("Linux /proc");
+        // Spin until the kernel has charged at least one more clock tick (or give up after
+        // far longer than a tick could take on any machine).
+        let (spin, mut x, mut after) = (std::time::Instant::now(), 0u64, before);
+        while after <= before && spin.elapsed() < std::time::Duration::from_secs(30) {
+            for _ in 0..1_000_000 {
+                x = x.wrapping_add(std::hint::black_box(1));
+            }
+            after = cpu_seconds_of("self").unwrap();
+        }
+        std::hint::black_box(x);
+        assert!(after > before, "{before} -> {after}");
+    }
 
     #[test]
     fn generated_events_are_valid_and_about_500_bytes() {

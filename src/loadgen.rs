@@ -242,6 +242,7 @@ pub fn run_ingest_bench(opts: &IngestBench) -> Result<(), String> {
         let work = Arc::new(requests(opts.events, opts.batch, 1));
         let bytes: usize = work.iter().map(|b| b.len()).sum();
         let fsyncs_before = client.metric("wormvault_spool_fsync_seconds_count").await.unwrap_or(0.0);
+        let cpu_before = crate::bench::cpu_seconds_of(&pid.to_string());
         // Phase 1: as fast as the daemon acknowledges.
         let next = Arc::new(AtomicUsize::new(0));
         let accepted = Arc::new(AtomicU64::new(0));
@@ -276,12 +277,17 @@ pub fn run_ingest_bench(opts: &IngestBench) -> Result<(), String> {
             lat.extend(t.await.map_err(|e| e.to_string())??);
         }
         let secs = started.elapsed().as_secs_f64();
+        let cpu_after = crate::bench::cpu_seconds_of(&pid.to_string());
         let fsyncs_after = client.metric("wormvault_spool_fsync_seconds_count").await.unwrap_or(0.0);
         let n = accepted.load(Ordering::Relaxed);
         lat.sort();
         println!("sustained       {:.0} events/s ({:.1} MB/s) over {n} events, {} connections, {} events per request", n as f64 / secs, bytes as f64 / secs / 1e6, opts.connections, opts.batch);
         println!("  ack latency   p50 {:.1} ms, p99 {:.1} ms (per request, saturated)", percentile(&lat, 0.5).as_secs_f64() * 1e3, percentile(&lat, 0.99).as_secs_f64() * 1e3);
         println!("  fsyncs        {:.0} per second ({:.0} events per fsync)", (fsyncs_after - fsyncs_before) / secs, n as f64 / (fsyncs_after - fsyncs_before).max(1.0));
+        if let (Some(b), Some(a)) = (cpu_before, cpu_after) {
+            // Events acknowledged may still be sealing: this counts the work done meanwhile.
+            println!("  daemon CPU    {:.1} us per event acknowledged (user + system, during the phase)", (a - b) * 1e6 / n.max(1) as f64);
+        }
         let sustained = n as f64 / secs;
         // Phase 2: paced, for latency at a given rate.
         if opts.paced_rate > 0 {
