@@ -230,7 +230,7 @@ pub fn stage_costs(n: usize, reps: usize) -> Vec<(&'static str, f64)> {
         .collect();
     let now = Timestamp::now();
     out.push((
-        "Record::new (canonical record, digest, leaf hash)",
+        "Record::new (canonical record, content digest)",
         best(&mut || {
             for e in &events {
                 std::hint::black_box(Record::new(e.clone(), now, "sec-17a-4-a".into()));
@@ -241,7 +241,7 @@ pub fn stage_costs(n: usize, reps: usize) -> Vec<(&'static str, f64)> {
         .into_iter()
         .map(|e| Record::new(e, now, "sec-17a-4-a".into()))
         .collect();
-    let leaves: Vec<_> = records.iter().map(|r| r.leaf).collect();
+    let leaves: Vec<_> = records.iter().map(Record::leaf).collect();
     out.push((
         "Merkle root (RFC 6962, nodes in pairs)",
         best(&mut || {
@@ -257,7 +257,7 @@ pub fn stage_costs(n: usize, reps: usize) -> Vec<(&'static str, f64)> {
         first_seq: 1,
     };
     out.push((
-        "write_segment (Arrow, Parquet zstd 1, SHA-256 + MD5)",
+        "write_segment (leaf hashes, Arrow, Parquet zstd 1, SHA-256 + MD5)",
         best(&mut || {
             std::hint::black_box(
                 crate::segment::write_segment(&header, &records).expect("encodes"),

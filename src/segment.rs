@@ -215,7 +215,8 @@ pub fn write_segment<R: std::borrow::Borrow<Record>>(
     let records: Vec<&Record> = records.iter().map(|r| r.borrow()).collect();
     let records = records.as_slice();
     assert!(!records.is_empty(), "a segment holds at least one event");
-    let leaves: Vec<Hash> = records.iter().map(|r| r.leaf).collect();
+    let mut leaves = Vec::with_capacity(records.len());
+    merkle::extend_leaf_hashes(&mut leaves, records.iter().map(|r| r.canonical.as_slice()));
     let info = SegmentInfo {
         format_version: FORMAT_VERSION,
         writer: header.writer.clone(),
@@ -243,9 +244,13 @@ pub fn write_segment<R: std::borrow::Borrow<Record>>(
     let props = writer_properties(records.len(), &info);
     let schema = schema();
     let mut writer = ArrowWriter::try_new(&mut out, schema.clone(), Some(props))?;
-    for (chunk_idx, chunk) in records.chunks(CHUNK_ROWS).enumerate() {
+    for (chunk_idx, (chunk, chunk_leaves)) in records
+        .chunks(CHUNK_ROWS)
+        .zip(leaves.chunks(CHUNK_ROWS))
+        .enumerate()
+    {
         let first = header.first_seq + (chunk_idx * CHUNK_ROWS) as u64;
-        writer.write(&to_record_batch(&schema, first, chunk))?;
+        writer.write(&to_record_batch(&schema, first, chunk, chunk_leaves))?;
     }
     writer.close()?;
     let bytes = Bytes::from(out);
@@ -264,7 +269,12 @@ pub fn md5_digest(data: &[u8]) -> [u8; 16] {
     md5::Md5::digest(data).into()
 }
 
-fn to_record_batch(schema: &SchemaRef, first_seq: u64, records: &[&Record]) -> RecordBatch {
+fn to_record_batch(
+    schema: &SchemaRef,
+    first_seq: u64,
+    records: &[&Record],
+    leaves: &[Hash],
+) -> RecordBatch {
     let n = records.len();
     let text_cap = |f: fn(&Record) -> usize| records.iter().map(|r| f(r)).sum::<usize>();
     let mut seq = Int64Builder::with_capacity(n);
@@ -285,7 +295,7 @@ fn to_record_batch(schema: &SchemaRef, first_seq: u64, records: &[&Record]) -> R
     let mut payload = StringBuilder::with_capacity(n, text_cap(|r| r.event.payload.len()));
     let mut canonical = BinaryBuilder::with_capacity(n, text_cap(|r| r.canonical.len()));
     let mut leaf = FixedSizeBinaryBuilder::with_capacity(n, 32);
-    for (i, r) in records.iter().enumerate() {
+    for (i, (r, l)) in records.iter().zip(leaves).enumerate() {
         let e = &r.event;
         seq.append_value((first_seq + i as u64) as i64);
         event_id.append_value(&e.event_id);
@@ -304,7 +314,7 @@ fn to_record_batch(schema: &SchemaRef, first_seq: u64, records: &[&Record]) -> R
         correlation.append_option(e.correlation_id.as_deref());
         payload.append_value(&e.payload);
         canonical.append_value(&r.canonical);
-        leaf.append_value(r.leaf).expect("32 bytes");
+        leaf.append_value(l).expect("32 bytes");
     }
     let columns: Vec<ArrayRef> = vec![
         Arc::new(seq.finish()),
@@ -702,7 +712,7 @@ mod tests {
         for (row, rec) in back.rows.iter().zip(&records) {
             assert_eq!(row.event_id, rec.event.event_id);
             assert_eq!(row.canonical, rec.canonical);
-            assert_eq!(row.leaf_hash, rec.leaf);
+            assert_eq!(row.leaf_hash, rec.leaf());
             assert_eq!(row.payload, rec.event.payload);
             assert_eq!(
                 row.origin_ip.as_deref(),
