@@ -12,8 +12,8 @@
 //! programming reference: the eight working variables are held as two vectors, `ABEF` and
 //! `CDGH`, and each `SHA256RNDS2` performs two rounds. Nothing here is trusted on its own:
 //! the tests compare every result with `sha2` over inputs of every length up to several blocks,
-//! and segments are still written with `sha2` (`super::leaf_hash`), so a sweep checking them
-//! with this code compares two implementations.
+//! and the integration tests recompute every archived segment's leaves and root with Python's
+//! `hashlib` (`tests/py/verify_archive.py`), which shares no code with this.
 
 use core::arch::x86_64::{
     __m128i, _mm_add_epi32, _mm_alignr_epi8, _mm_blend_epi16, _mm_loadu_si128, _mm_set_epi8,
