@@ -293,9 +293,11 @@ pub async fn build_index(
 /// Builds the record index of the day of `manifests` from their segments.
 ///
 /// Memory does not grow with the day: only the indexed columns of a few segments at a time
-/// are decoded (into Arrow arrays, with no per-value allocation); each segment's entries are
-/// sorted and spilled to an anonymous temporary file (a *run*, about 100 bytes an entry), and
-/// the runs are merged into the index file holding one entry per segment.
+/// are decoded (into Arrow arrays, with no per-value allocation); every [`RUN_BYTES`] of
+/// decoded columns are sorted and spilled to an anonymous temporary file (a *run*, about 100
+/// bytes an entry), and the runs are merged into the index file. The runs are as many as the
+/// day's entries need, not one per segment: a quiet day sealed every minute has thousands of
+/// small segments, and a run each would hold a file and a read buffer each during the merge.
 pub async fn build_index_of(
     store: &Arc<dyn WormStore>,
     manifests: &DayManifests,
@@ -306,12 +308,25 @@ pub async fn build_index_of(
         let m = Manifest::from_bytes(bytes).map_err(|e| format!("{key}: {e}"))?;
         segments.push((m.segment.key, m.segment.version_id));
     }
+    let to_read = segments.clone();
+    let segments = Arc::new(segments);
     let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let runs: Vec<Run> = futures::stream::iter(segments.clone().into_iter().enumerate())
-        .map(|(i, (key, version))| spill_segment(store.clone(), i, key, version))
-        .buffered(parallel)
-        .try_collect()
-        .await?;
+    let mut decoded = futures::stream::iter(to_read.into_iter().enumerate())
+        .map(|(i, (key, version))| decode_segment(store.clone(), i, key, version))
+        .buffered(parallel);
+    let mut runs = Vec::new();
+    let (mut pending, mut pending_bytes) = (Vec::new(), 0);
+    while let Some(parts) = decoded.try_next().await? {
+        pending_bytes += parts.iter().map(IndexPart::memory).sum::<usize>();
+        pending.extend(parts);
+        if pending_bytes >= RUN_BYTES {
+            runs.push(spill(std::mem::take(&mut pending), segments.clone()).await?);
+            pending_bytes = 0;
+        }
+    }
+    if !pending.is_empty() {
+        runs.push(spill(pending, segments.clone()).await?);
+    }
     let n_segments = segments.len() as u64;
     let root = hex::encode(manifests.root());
     let (bytes, events) =
@@ -356,14 +371,16 @@ fn merge_and_write(
     Ok((writer.finish()?, n))
 }
 
-/// Decodes one segment version's indexed columns and spills its entries, in index order, to a
-/// run.
-async fn spill_segment(
+/// Decoded index columns gathered before they are sorted and spilled as one run.
+const RUN_BYTES: usize = 8 << 20;
+
+/// Decodes one segment version's indexed columns (segment `segment` of the day).
+async fn decode_segment(
     store: Arc<dyn WormStore>,
     segment: usize,
     key: String,
     version: String,
-) -> Result<Run, String> {
+) -> Result<Vec<IndexPart>, String> {
     let bytes = store
         .get(&key, Some(&version))
         .await
@@ -373,23 +390,30 @@ async fn spill_segment(
         let mut first_row = 0u64;
         let mut parts = Vec::with_capacity(batches.len());
         for b in &batches {
-            parts.push(IndexPart::of(first_row, b)?);
+            parts.push(IndexPart::of(segment, first_row, b)?);
             first_row += b.num_rows() as u64;
         }
-        drop(batches);
-        Run::spill(segment, &parts).map_err(|e| format!("spilling index entries: {e}"))
+        Ok::<_, String>(parts)
     })
     .await
     .expect("segment read task")
     .map_err(|e| format!("{key}: {e}"))
 }
 
-/// One segment's index entries in index order, in an anonymous temporary file, read back one
-/// entry at a time. An entry: the six strings of [`INDEXED_COLUMNS`] (subject type and id,
-/// actor id, event id, action, source), each as a little-endian `u32` length and its bytes,
-/// then `occurred_at` (`i64`) and the row (`u64`), little-endian.
+/// Sorts and spills decoded parts as a run, off the async threads.
+async fn spill(parts: Vec<IndexPart>, segments: Arc<Vec<(String, String)>>) -> Result<Run, String> {
+    tokio::task::spawn_blocking(move || Run::spill(&parts, &segments))
+        .await
+        .expect("index spill task")
+        .map_err(|e| format!("spilling index entries: {e}"))
+}
+
+/// Index entries in index order, in an anonymous temporary file, read back one entry at a
+/// time. An entry: the six strings of [`INDEXED_COLUMNS`] (subject type and id, actor id,
+/// event id, action, source), each as a little-endian `u32` length and its bytes, then
+/// `occurred_at` (`i64`), the segment's position among the day's (`u32`) and the row (`u64`),
+/// little-endian.
 struct Run {
-    segment: usize,
     /// Entries in the run.
     rows: u64,
     /// Entries not read yet.
@@ -398,25 +422,27 @@ struct Run {
     /// The current entry.
     text: [Vec<u8>; 6],
     occurred_at: i64,
+    segment: usize,
     row: u64,
 }
 
 impl Run {
-    /// Writes the entries of a segment's decoded parts in index order: within one segment,
-    /// subject, time, event id, row.
-    fn spill(segment: usize, parts: &[IndexPart]) -> std::io::Result<Run> {
+    /// Writes the entries of decoded parts in index order ([`Run::sort_key`]).
+    fn spill(parts: &[IndexPart], segments: &[(String, String)]) -> std::io::Result<Run> {
         use std::io::{Seek, Write};
         let mut keys: Vec<_> = parts
             .iter()
             .enumerate()
             .flat_map(|(p, part)| {
                 let s = &part.strings;
+                let key = segments[part.segment].0.as_bytes();
                 (0..part.occurred_at.len()).map(move |r| {
                     (
-                        s[0].value(r),
-                        s[1].value(r),
+                        s[0].value(r).as_bytes(),
+                        s[1].value(r).as_bytes(),
                         part.occurred_at.value(r),
-                        s[3].value(r),
+                        s[3].value(r).as_bytes(),
+                        key,
                         part.first_row + r as u64,
                         (p, r),
                     )
@@ -425,25 +451,26 @@ impl Run {
             .collect();
         keys.sort_unstable();
         let mut out = std::io::BufWriter::with_capacity(1 << 16, tempfile::tempfile()?);
-        for &(_, _, occurred_at, _, row, (p, r)) in &keys {
+        for &(_, _, occurred_at, _, _, row, (p, r)) in &keys {
             for s in &parts[p].strings {
                 let v = s.value(r).as_bytes();
                 out.write_all(&(v.len() as u32).to_le_bytes())?;
                 out.write_all(v)?;
             }
             out.write_all(&occurred_at.to_le_bytes())?;
+            out.write_all(&(parts[p].segment as u32).to_le_bytes())?;
             out.write_all(&row.to_le_bytes())?;
         }
         let rows = keys.len() as u64;
         let mut file = out.into_inner().map_err(|e| e.into_error())?;
         file.rewind()?;
         Ok(Run {
-            segment,
             rows,
             left: rows,
             reader: std::io::BufReader::with_capacity(1 << 16, file),
             text: Default::default(),
             occurred_at: 0,
+            segment: 0,
             row: 0,
         })
     }
@@ -463,6 +490,8 @@ impl Run {
         }
         self.reader.read_exact(&mut word)?;
         self.occurred_at = i64::from_le_bytes(word);
+        self.reader.read_exact(&mut word[..4])?;
+        self.segment = u32::from_le_bytes(word[..4].try_into().expect("four bytes")) as usize;
         self.reader.read_exact(&mut word)?;
         self.row = u64::from_le_bytes(word);
         self.left -= 1;
@@ -510,6 +539,8 @@ const INDEXED_COLUMNS: &[&str] = COLUMNS.split_at(7).0;
 
 /// One decoded batch of a segment's indexed columns.
 struct IndexPart {
+    /// The segment's position among the day's.
+    segment: usize,
     first_row: u64,
     /// `INDEXED_COLUMNS` but the last, in that order.
     strings: [arrow_array::StringArray; 6],
@@ -517,8 +548,8 @@ struct IndexPart {
 }
 
 impl IndexPart {
-    /// Batch `b` of a segment, whose first row is row `first_row` of the segment.
-    fn of(first_row: u64, b: &RecordBatch) -> Result<IndexPart, String> {
+    /// Batch `b` of segment `segment`, whose first row is row `first_row` of the segment.
+    fn of(segment: usize, first_row: u64, b: &RecordBatch) -> Result<IndexPart, String> {
         let column = |name: &str| {
             b.column_by_name(name)
                 .ok_or_else(|| format!("the segment has no {name} column"))
@@ -531,6 +562,7 @@ impl IndexPart {
                 .ok_or_else(|| format!("{name} is not a string column"))
         };
         Ok(IndexPart {
+            segment,
             first_row,
             strings: [
                 string(INDEXED_COLUMNS[0])?,
@@ -546,6 +578,16 @@ impl IndexPart {
                 .cloned()
                 .ok_or("occurred_at is not a timestamp column")?,
         })
+    }
+
+    /// The memory its arrays hold.
+    fn memory(&self) -> usize {
+        use arrow_array::Array;
+        self.strings
+            .iter()
+            .map(|s| s.get_array_memory_size())
+            .sum::<usize>()
+            + self.occurred_at.get_array_memory_size()
     }
 }
 
@@ -1228,4 +1270,97 @@ async fn scan_day(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A decoded batch of `rows` entries of segment `segment`, subjects cycling over a few
+    /// values so that entries of different segments interleave in index order.
+    fn part(segment: usize, first_row: u64, rows: usize) -> IndexPart {
+        let text = |f: &dyn Fn(usize) -> String| {
+            arrow_array::StringArray::from((0..rows).map(f).collect::<Vec<_>>())
+        };
+        IndexPart {
+            segment,
+            first_row,
+            strings: [
+                text(&|_| "trade".into()),
+                text(&|r| format!("T-{}", (r * 7 + segment) % 5)),
+                text(&|r| format!("u{}", r % 3)),
+                text(&|r| format!("e-{segment}-{r}")),
+                text(&|_| "trade.new".into()),
+                text(&|_| "UI".into()),
+            ],
+            occurred_at: arrow_array::TimestampMicrosecondArray::from(
+                (0..rows)
+                    .map(|r| (r as i64 % 4) * 1_000_000)
+                    .collect::<Vec<_>>(),
+            ),
+        }
+    }
+
+    /// However a day's entries are cut into runs (one per segment, several segments to a run,
+    /// all in one), the merged index is byte for byte the same.
+    #[test]
+    fn the_index_does_not_depend_on_how_entries_are_cut_into_runs() {
+        let segments: Vec<(String, String)> = (0..4)
+            .map(|i| {
+                (
+                    format!("segments/dt=2026-11-20/w-{i:012}.parquet"),
+                    "v".into(),
+                )
+            })
+            .collect();
+        let parts = || (0..4).map(|s| part(s, 0, 30 + s)).collect::<Vec<_>>();
+        let build = |cuts: &[usize]| {
+            let mut all = parts();
+            let mut runs = Vec::new();
+            for &n in cuts.iter().rev() {
+                let tail = all.split_off(all.len() - n);
+                runs.push(Run::spill(&tail, &segments).unwrap());
+            }
+            let day = Day::parse("2026-11-20").unwrap();
+            merge_and_write(day, "00", runs, &segments).unwrap()
+        };
+        let (one, n) = build(&[4]);
+        assert_eq!(n, 30 + 31 + 32 + 33);
+        assert_eq!(build(&[1, 1, 1, 1]).0, one);
+        assert_eq!(build(&[2, 1, 1]).0, one);
+        assert_eq!(build(&[1, 3]).0, one);
+        // Every entry names its own segment and row.
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(one).unwrap();
+        let mut seen = std::collections::BTreeMap::<String, i64>::new();
+        for batch in reader.build().unwrap() {
+            let batch = batch.unwrap();
+            let col = |name: &str| batch.column_by_name(name).unwrap().clone();
+            let segment = col("segment");
+            let segment = segment
+                .as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .unwrap();
+            let event = col("event_id");
+            let event = event
+                .as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .unwrap();
+            let row = col("row");
+            let row = row
+                .as_any()
+                .downcast_ref::<arrow_array::Int64Array>()
+                .unwrap();
+            for i in 0..batch.num_rows() {
+                let s = segments
+                    .iter()
+                    .position(|(k, _)| k == segment.value(i))
+                    .unwrap();
+                assert_eq!(event.value(i), format!("e-{s}-{}", row.value(i)));
+                *seen.entry(segment.value(i).to_owned()).or_default() += 1;
+            }
+        }
+        let counts: Vec<i64> = seen.into_values().collect();
+        assert_eq!(counts, [30, 31, 32, 33]);
+    }
 }
