@@ -6,7 +6,7 @@
 //! `occurred_at`, and where the event is (segment key, row) — sorted by subject. It is built
 //! from the day's segments when the day is anchored (nothing is added under a day after
 //! that), sealed like a record, and rebuilt byte for byte by `wormvault index rebuild`; a full
-//! sweep rebuilds it and compares. A build spills each segment's sorted entries to a temporary
+//! sweep rebuilds it and compares. A build spills sorted runs of entries to temporary
 //! file and merges them, so its memory does not grow with the day's events.
 //!
 //! **A query** walks the days that can hold matches (late events sit in later days, so every
