@@ -7,7 +7,7 @@
 //! from the day's segments when the day is anchored (nothing is added under a day after
 //! that), sealed like a record, and rebuilt byte for byte by `wormvault index rebuild`; a full
 //! sweep rebuilds it and compares. A build spills sorted runs of entries to temporary
-//! file and merges them, so its memory does not grow with the day's events.
+//! files and merges them, so its memory does not grow with the day's events.
 //!
 //! **A query** walks the days that can hold matches (late events sit in later days, so every
 //! day from the `from` day on). On an indexed day it reads the index's footer and page index,
