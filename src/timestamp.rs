@@ -204,12 +204,15 @@ impl Timestamp {
         out.push_str(std::str::from_utf8(&self.time_of_day_text()).expect("ASCII"));
     }
 
-    /// `YYYY-MM-DD`: the text of the UTC day.
+    /// `YYYY-MM-DD`: the text of the UTC day. Accepted events lie in years 0001-9999; any
+    /// other instant (a tampered segment's column, say, which a full sweep formats to compare)
+    /// gets its year modulo 10000 rather than a panic.
     pub fn date_text(self) -> [u8; 10] {
         let (y, m, d) = civil_from_days(self.0.div_euclid(DAY_MICROS));
+        let y = y.rem_euclid(10_000) as u32;
         let mut b = *b"0000-00-00";
-        put_pair(&mut b, 0, y as u32 / 100);
-        put_pair(&mut b, 2, y as u32 % 100);
+        put_pair(&mut b, 0, y / 100);
+        put_pair(&mut b, 2, y % 100);
         put_pair(&mut b, 5, m);
         put_pair(&mut b, 8, d);
         b
@@ -360,6 +363,29 @@ impl<'de> serde::Deserialize<'de> for Day {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every instant formats without a panic, however far outside the accepted years: a full
+    /// sweep formats timestamp columns read from segments that may have been tampered with.
+    #[test]
+    fn every_instant_formats() {
+        for micros in [
+            i64::MIN,
+            i64::MIN + 1,
+            -1,
+            0,
+            253_402_300_800_000_000,
+            i64::MAX,
+        ] {
+            let t = Timestamp::from_micros(micros);
+            let text = format!(
+                "{}{}",
+                std::str::from_utf8(&t.date_text()).unwrap(),
+                std::str::from_utf8(&t.time_of_day_text()).unwrap()
+            );
+            assert_eq!(text.len(), 27, "{micros}: {text}");
+        }
+        assert_eq!(&Timestamp::from_micros(0).date_text(), b"1970-01-01");
+    }
 
     fn ts(s: &str) -> Timestamp {
         Timestamp::parse_rfc3339(s).unwrap()
