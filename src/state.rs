@@ -227,10 +227,14 @@ impl State {
         self.meta("anchored_through")
     }
 
-    /// Records that every day up to `day` is anchored. Callers pass a later day than the one
-    /// kept: the anchor scheduler only when its day gate advances, an opening archive only
-    /// when the store lists a later anchor.
+    /// Records that every day up to `day` is anchored. The day kept only ever moves forward,
+    /// whatever the caller passes: moving it back would reopen anchored days to late events.
+    /// (Callers write only when they have news: the anchor scheduler when its day gate
+    /// advances, an opening archive when the store lists a later anchor.)
     pub fn set_anchored_through(&self, day: Day) -> Result<()> {
+        if self.anchored_through()?.is_some_and(|known| known >= day) {
+            return Ok(());
+        }
         self.write(|txn| Self::put_meta_in(txn, "anchored_through", &day))
     }
 
@@ -360,6 +364,21 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_anchored_day_never_moves_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path(), 1 << 20).unwrap();
+        let d = |s| Day::parse(s).unwrap();
+        assert_eq!(state.anchored_through().unwrap(), None);
+        state.set_anchored_through(d("2026-11-20")).unwrap();
+        state.set_anchored_through(d("2026-11-10")).unwrap();
+        assert_eq!(state.anchored_through().unwrap(), Some(d("2026-11-20")));
+        state.set_anchored_through(d("2026-11-21")).unwrap();
+        drop(state);
+        let state = State::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(state.anchored_through().unwrap(), Some(d("2026-11-21")));
+    }
 
     #[test]
     fn seals_commit_in_order_and_uploads_complete() {
