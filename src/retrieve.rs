@@ -1306,12 +1306,7 @@ mod tests {
     #[test]
     fn the_index_does_not_depend_on_how_entries_are_cut_into_runs() {
         let segments: Vec<(String, String)> = (0..4)
-            .map(|i| {
-                (
-                    format!("segments/dt=2026-11-20/w-{i:012}.parquet"),
-                    "v".into(),
-                )
-            })
+            .map(|i| (format!("segment-{i}"), "v".into()))
             .collect();
         let parts = || (0..4).map(|s| part(s, 0, 30 + s)).collect::<Vec<_>>();
         let build = |cuts: &[usize]| {
