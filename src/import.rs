@@ -222,19 +222,24 @@ pub fn import(
 
     let (chunk_tx, chunk_rx) = bounded::<Chunk>(workers * 2);
     let (parsed_tx, parsed_rx) = bounded::<Parsed>(workers * 2);
+    // Chunk buffers go back to the reader once parsed: a fresh megabyte per chunk would be
+    // faulted in and zeroed by the kernel every time.
+    let (spare_tx, spare_rx) = bounded::<Vec<u8>>(workers * 4 + 2);
 
     let result: Result<(), ImportError> = std::thread::scope(|scope| {
         let spawn = |name: String| std::thread::Builder::new().name(name);
         let reader = spawn("wv-read".into())
-            .spawn_scoped(scope, move || read_chunks(input, max_line, chunk_tx))
+            .spawn_scoped(scope, move || {
+                read_chunks(input, max_line, chunk_tx, spare_rx)
+            })
             .expect("thread");
         for n in 0..workers {
-            let (rx, tx) = (chunk_rx.clone(), parsed_tx.clone());
+            let (rx, tx, spare) = (chunk_rx.clone(), parsed_tx.clone(), spare_tx.clone());
             spawn(format!("wv-parse-{n}"))
-                .spawn_scoped(scope, move || parse_worker(archive, rx, tx))
+                .spawn_scoped(scope, move || parse_worker(archive, rx, tx, spare))
                 .expect("thread");
         }
-        drop((chunk_rx, parsed_tx));
+        drop((chunk_rx, parsed_tx, spare_tx));
 
         let mut waiting: BTreeMap<u64, Parsed> = BTreeMap::new();
         let mut next_chunk = 0u64;
@@ -366,7 +371,12 @@ pub fn conflict(line: u64, index: u64, event_id: String) -> Rejection {
 /// Why a conflict is refused, in the upstream developer's terms.
 pub const CONFLICT_REASON: &str = "this event_id was already archived with different content; archived records are never changed (send a new event_id)";
 
-fn parse_worker(archive: &Archive, rx: Receiver<Chunk>, tx: Sender<Parsed>) {
+fn parse_worker(
+    archive: &Archive,
+    rx: Receiver<Chunk>,
+    tx: Sender<Parsed>,
+    spare: Sender<Vec<u8>>,
+) {
     let retention = archive.settings.retention.clone();
     for chunk in rx {
         let now = Timestamp::now();
@@ -421,6 +431,8 @@ fn parse_worker(archive: &Archive, rx: Receiver<Chunk>, tx: Sender<Parsed>) {
                 }
             })
             .collect();
+        // The reader may be gone or have enough spares; then the buffer is simply freed.
+        let _ = spare.try_send(chunk.data);
         if tx
             .send(Parsed {
                 no: chunk.no,
@@ -440,6 +452,7 @@ fn read_chunks(
     mut input: Box<dyn Read + Send>,
     max_line: usize,
     tx: Sender<Chunk>,
+    spare: Receiver<Vec<u8>>,
 ) -> std::io::Result<()> {
     let mut no = 0u64;
     let mut line = 0u64;
@@ -502,7 +515,15 @@ fn read_chunks(
         }
         // The next chunk's buffer starts with the partial line after the cut, and has room
         // for a whole chunk, so that filling it does not reallocate.
-        let mut next = Vec::with_capacity(CHUNK_BYTES + read_buf.len() + (buf.len() - cut));
+        let room = CHUNK_BYTES + read_buf.len() + (buf.len() - cut);
+        let mut next = match spare.try_recv() {
+            Ok(mut v) => {
+                v.clear();
+                v.reserve(room);
+                v
+            }
+            Err(_) => Vec::with_capacity(room),
+        };
         next.extend_from_slice(&buf[cut..]);
         buf.truncate(cut);
         let data = std::mem::replace(&mut buf, next);
