@@ -241,8 +241,8 @@ impl Batcher {
     /// it in a batch yet: the daemon first makes it durable in the spool. Reservations must be
     /// placed, or rolled back, in the order they were made.
     pub fn reserve(&mut self, record: Box<Record>) -> Result<Reserved, StateError> {
-        let fp = fingerprint(&record.event.event_id);
-        let day = record.event.occurred_at.day();
+        let fp = fingerprint(record.event_id());
+        let day = record.occurred_at.day();
         let prior = match self.pending.get(&fp) {
             Some(d) => Some(*d),
             None => self
@@ -341,7 +341,7 @@ impl Batcher {
             batch
                 .records
                 .iter()
-                .map(|r| fingerprint(&r.event.event_id))
+                .map(|r| fingerprint(r.event_id()))
                 .collect(),
         );
         self.closed.push(ClosedBatch {

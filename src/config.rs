@@ -239,7 +239,8 @@ pub struct EventsConfig {
 pub struct BatchConfig {
     /// Close a batch at this many events. Default: 100000.
     pub max_events: Option<usize>,
-    /// Close a batch when its events hold this much memory, e.g. `"32MiB"`. Default: 32 MiB.
+    /// Close a batch when its events hold this much memory, e.g. `"16MiB"`. Default: 16 MiB
+    /// (about 19,000 events of 600 canonical bytes).
     pub max_bytes: Option<ByteSize>,
     /// Close a batch this long after its first event, e.g. `"60s"`. Default: 60 s.
     pub max_age: Option<String>,
@@ -707,7 +708,7 @@ impl Settings {
         };
         let batch = BatchLimits {
             max_events: c.batch.max_events.unwrap_or(100_000),
-            max_bytes: c.batch.max_bytes.map_or(32 << 20, |b| b.0) as usize,
+            max_bytes: c.batch.max_bytes.map_or(16 << 20, |b| b.0) as usize,
             max_age: dur("batch.max_age", &c.batch.max_age, Duration::from_secs(60))?,
             max_open_bytes: c.batch.max_open_bytes.map_or(96 << 20, |b| b.0) as usize,
         };

@@ -340,7 +340,7 @@ impl Sequencer {
                     Item::Rejected(e) => EventOutcome::Rejected(e),
                     Item::Event { record, note } => {
                         let lane_probe = Lane {
-                            day: record.event.occurred_at.day(),
+                            day: record.occurred_at.day(),
                             class: record.retention_class.clone(),
                         };
                         if !self.confirmed.contains_key(&lane_probe) {
@@ -384,7 +384,7 @@ impl Sequencer {
                 tracing::error!(error = %e, events = news.len(), "Writing the spool failed; the requests are refused (503) and nothing of them is acknowledged.");
                 let undo: Vec<(Lane, u64, crate::index::Fingerprint)> = news
                     .iter()
-                    .map(|(l, s, r)| (l.clone(), *s, fingerprint(&r.event.event_id)))
+                    .map(|(l, s, r)| (l.clone(), *s, fingerprint(r.event_id())))
                     .collect();
                 self.batcher.rollback(&undo);
                 let failed: std::collections::HashSet<usize> = owners.iter().copied().collect();

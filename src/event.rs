@@ -613,19 +613,59 @@ fn sniff_event_id(bytes: &[u8]) -> Option<String> {
 }
 
 /// An accepted event with everything the archive adds: when it was ingested, its resolved
-/// retention class, its canonical bytes and hashes.
+/// retention class, its canonical bytes and its content digest.
+///
+/// A record is kept compactly, because batches hold many of them until they are sealed: one
+/// buffer, the canonical record, and where in it each field's text lies. A field whose JSON
+/// form has escapes (a quote, a backslash or a control character in free text) is kept
+/// decoded beside it. Every typed column of a segment is read back from here
+/// ([`Record::view`]).
 #[derive(Clone, Debug)]
 pub struct Record {
-    pub event: Event,
+    pub occurred_at: Timestamp,
     pub ingested_at: Timestamp,
     pub retention_class: Arc<str>,
+    /// SHA-256 of the submitted content, for idempotency.
+    pub digest: Hash,
     /// The canonical record (see the module docs): the leaf's input. Leaves themselves are
     /// hashed when a batch is sealed, two at a time where the CPU allows
     /// ([`merkle::extend_leaf_hashes`]); [`Record::leaf`] gives one.
-    pub canonical: Vec<u8>,
-    /// SHA-256 of the submitted content, for idempotency.
-    pub digest: Hash,
+    canonical: String,
+    fields: FieldSpans,
 }
+
+/// The string fields of a record, as positions in [`FieldSpans`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    EventId,
+    ActorId,
+    ActorRole,
+    Action,
+    SubjectType,
+    SubjectId,
+    OriginIp,
+    OriginDevice,
+    CorrelationId,
+    Payload,
+}
+
+const FIELDS: usize = 10;
+
+/// Where a record's fields lie in its canonical bytes.
+#[derive(Clone, Debug)]
+struct FieldSpans {
+    /// Byte range of each field's text in the canonical record (between the quotes of a
+    /// string; the whole object for the payload). `ABSENT` for a missing optional field.
+    spans: [(u32, u32); FIELDS],
+    actor_type: ActorType,
+    source: Source,
+    /// Fields whose canonical text has escapes, decoded; their span is `ESCAPED`. Usually
+    /// empty, which allocates nothing.
+    escaped: Vec<(Field, Box<str>)>,
+}
+
+const ABSENT: (u32, u32) = (u32::MAX, 0);
+const ESCAPED: (u32, u32) = (u32::MAX, 1);
 
 impl Record {
     pub fn new(event: Event, ingested_at: Timestamp, retention_class: Arc<str>) -> Record {
@@ -637,8 +677,8 @@ impl Record {
         // The submitted form is the stored one without `ingested_at` and with the submitted
         // `retention_class` (or none): hash it from the pieces instead of writing it again.
         let (ingested, class) = (
-            spans.ingested_at.expect("written"),
-            spans.retention_class.expect("written"),
+            spans.ingested_at.clone().expect("written"),
+            spans.retention_class.clone().expect("written"),
         );
         let mut submitted_class = String::new();
         if let Some(c) = &event.retention_class {
@@ -651,18 +691,101 @@ impl Record {
         h.update(submitted_class.as_bytes());
         h.update(&stored.as_bytes()[class.end..]);
         let digest: Hash = h.finalize().into();
+        Record::compact(&event, ingested_at, retention_class, stored, &spans, digest)
+    }
+
+    /// Keeps `event` as `canonical` (its canonical record, written with `spans`) and where its
+    /// fields lie in it.
+    fn compact(
+        event: &Event,
+        ingested_at: Timestamp,
+        retention_class: Arc<str>,
+        canonical: String,
+        spans: &Spans,
+        digest: Hash,
+    ) -> Record {
+        let view = event.view(None, None);
+        let mut fields = FieldSpans {
+            spans: [ABSENT; FIELDS],
+            actor_type: event.actor.kind,
+            source: event.source,
+            escaped: Vec::new(),
+        };
+        for (i, literal) in spans.fields.iter().enumerate() {
+            let (field, text) = FIELD_ORDER[i];
+            let (Some(r), Some(text)) = (literal, text(&view)) else {
+                continue;
+            };
+            if field == Field::Payload {
+                fields.spans[i] = (r.start as u32, r.end as u32);
+            } else if r.len() == text.len() + 2 {
+                // Written as it is, between quotes.
+                fields.spans[i] = (r.start as u32 + 1, r.end as u32 - 1);
+            } else {
+                fields.spans[i] = ESCAPED;
+                fields.escaped.push((field, Box::from(text)));
+            }
+        }
         Record {
-            event,
+            occurred_at: event.occurred_at,
             ingested_at,
             retention_class,
-            canonical: stored.into_bytes(),
             digest,
+            canonical,
+            fields,
+        }
+    }
+
+    /// The canonical record's bytes.
+    pub fn canonical(&self) -> &[u8] {
+        self.canonical.as_bytes()
+    }
+
+    fn field(&self, f: Field) -> Option<&str> {
+        match self.fields.spans[f as usize] {
+            ABSENT => None,
+            ESCAPED => self
+                .fields
+                .escaped
+                .iter()
+                .find(|(g, _)| *g == f)
+                .map(|(_, text)| &**text),
+            (start, end) => Some(&self.canonical[start as usize..end as usize]),
+        }
+    }
+
+    fn required(&self, f: Field) -> &str {
+        self.field(f).expect("a required field is always kept")
+    }
+
+    pub fn event_id(&self) -> &str {
+        self.required(Field::EventId)
+    }
+
+    /// The record's fields, borrowed, with the ingest time and the resolved class.
+    pub fn view(&self) -> RecordView<'_> {
+        RecordView {
+            event_id: self.event_id(),
+            occurred_at: self.occurred_at,
+            ingested_at: Some(self.ingested_at),
+            actor_type: self.fields.actor_type.as_str(),
+            actor_id: self.required(Field::ActorId),
+            actor_role: self.field(Field::ActorRole),
+            action: self.required(Field::Action),
+            subject_type: self.required(Field::SubjectType),
+            subject_id: self.required(Field::SubjectId),
+            origin_ip: self.field(Field::OriginIp),
+            origin_device: self.field(Field::OriginDevice),
+            source: self.fields.source.as_str(),
+            retention_class: Some(&self.retention_class),
+            correlation_id: self.field(Field::CorrelationId),
+            payload: self.required(Field::Payload),
         }
     }
 
     /// The record's Merkle leaf, `SHA-256(0x00 ‖ canonical)`.
     pub fn leaf(&self) -> Hash {
-        merkle::leaf_hash(&self.canonical)
+        merkle::leaf_hash(self.canonical())
     }
 
     /// Rebuilds a record from its canonical bytes (as kept in the spool or a segment) and its
@@ -700,22 +823,24 @@ impl Record {
         let ingested_at = ts(&s.ingested_at, "ingested_at")?;
         let class: Arc<str> = s.retention_class.as_ref().into();
         let mut again = String::with_capacity(canonical.len());
-        write_canonical(&event, Some(ingested_at), Some(&class), &mut again);
+        let spans = write_view_spans(&event.view(Some(ingested_at), Some(&class)), &mut again);
         if again.as_bytes() != canonical.as_slice() {
             return Err("bytes are not the canonical form of the record they describe".into());
         }
-        Ok(Record {
-            event,
+        Ok(Record::compact(
+            &event,
             ingested_at,
-            retention_class: class,
-            canonical,
+            class,
+            again,
+            &spans,
             digest,
-        })
+        ))
     }
 
-    /// Bytes this record holds in memory, roughly; used for batch size limits.
+    /// Bytes this record holds in memory, roughly (its canonical bytes, and the record and
+    /// its allocation overheads); used for batch size limits.
     pub fn weight(&self) -> usize {
-        self.canonical.len() * 2 + 256
+        self.canonical.len() + 256
     }
 }
 
@@ -827,11 +952,29 @@ pub fn write_canonical(
     write_view(&e.view(ingested_at, class), out);
 }
 
-/// Where the optional members were written, as byte ranges including their leading comma.
+/// Where things were written: the members the content digest leaves out or replaces, as
+/// byte ranges including their leading comma, and each string field's literal (quotes
+/// included; the payload's whole text), in [`FIELD_ORDER`].
 struct Spans {
     ingested_at: Option<std::ops::Range<usize>>,
     retention_class: Option<std::ops::Range<usize>>,
+    fields: [Option<std::ops::Range<usize>>; FIELDS],
 }
+
+/// The string fields of a view, in the order of [`Field`].
+type FieldText = for<'a> fn(&RecordView<'a>) -> Option<&'a str>;
+const FIELD_ORDER: [(Field, FieldText); FIELDS] = [
+    (Field::EventId, |v| Some(v.event_id)),
+    (Field::ActorId, |v| Some(v.actor_id)),
+    (Field::ActorRole, |v| v.actor_role),
+    (Field::Action, |v| Some(v.action)),
+    (Field::SubjectType, |v| Some(v.subject_type)),
+    (Field::SubjectId, |v| Some(v.subject_id)),
+    (Field::OriginIp, |v| v.origin_ip),
+    (Field::OriginDevice, |v| v.origin_device),
+    (Field::CorrelationId, |v| v.correlation_id),
+    (Field::Payload, |v| Some(v.payload)),
+];
 
 /// Writes the JCS form of a record view.
 pub fn write_view(v: &RecordView<'_>, out: &mut String) {
@@ -970,31 +1113,37 @@ fn write_view_spans(v: &RecordView<'_>, out: &mut impl JsonSink) -> Spans {
     let mut spans = Spans {
         ingested_at: None,
         retention_class: None,
+        fields: Default::default(),
+    };
+    let mut string = |out: &mut dyn JsonSink, f: Field, s: &str| {
+        let start = out.pos();
+        out.string(s);
+        spans.fields[f as usize] = Some(start..out.pos());
     };
     out.raw("{\"action\":");
-    out.string(v.action);
+    string(out, Field::Action, v.action);
     out.raw(",\"actor\":{\"id\":");
-    out.string(v.actor_id);
+    string(out, Field::ActorId, v.actor_id);
     if let Some(role) = v.actor_role {
         out.raw(",\"role\":");
-        out.string(role);
+        string(out, Field::ActorRole, role);
     }
     out.raw(",\"type\":");
     out.string(v.actor_type);
     out.raw("}");
     if let Some(c) = v.correlation_id {
         out.raw(",\"correlation_id\":");
-        out.string(c);
+        string(out, Field::CorrelationId, c);
     }
     out.raw(",\"event_id\":");
-    out.string(v.event_id);
-    if let Some(t) = v.ingested_at {
+    string(out, Field::EventId, v.event_id);
+    let ingested_at = v.ingested_at.map(|t| {
         let start = out.pos();
         out.raw(",\"ingested_at\":\"");
         out.timestamp(t);
         out.raw("\"");
-        spans.ingested_at = Some(start..out.pos());
-    }
+        start..out.pos()
+    });
     out.raw(",\"occurred_at\":\"");
     out.timestamp(v.occurred_at);
     out.raw("\"");
@@ -1002,32 +1151,37 @@ fn write_view_spans(v: &RecordView<'_>, out: &mut impl JsonSink) -> Spans {
         out.raw(",\"origin\":{");
         if let Some(d) = v.origin_device {
             out.raw("\"device\":");
-            out.string(d);
+            string(out, Field::OriginDevice, d);
         }
         if let Some(ip) = v.origin_ip {
             if v.origin_device.is_some() {
                 out.raw(",");
             }
             out.raw("\"ip\":");
-            out.string(ip);
+            string(out, Field::OriginIp, ip);
         }
         out.raw("}");
     }
     out.raw(",\"payload\":");
+    let payload_at = out.pos();
     out.raw(v.payload);
-    if let Some(c) = v.retention_class {
+    let payload = payload_at..out.pos();
+    let retention_class = v.retention_class.map(|c| {
         let start = out.pos();
         out.raw(",\"retention_class\":");
         out.string(c);
-        spans.retention_class = Some(start..out.pos());
-    }
+        start..out.pos()
+    });
     out.raw(",\"source\":");
     out.string(v.source);
     out.raw(",\"subject\":{\"id\":");
-    out.string(v.subject_id);
+    string(out, Field::SubjectId, v.subject_id);
     out.raw(",\"type\":");
-    out.string(v.subject_type);
+    string(out, Field::SubjectType, v.subject_type);
     out.raw("}}");
+    spans.ingested_at = ingested_at;
+    spans.retention_class = retention_class;
+    spans.fields[Field::Payload as usize] = Some(payload);
     spans
 }
 
@@ -1123,7 +1277,7 @@ mod tests {
         let e = parse_event(GOOD.as_bytes(), &limits()).unwrap();
         let t1 = Timestamp::parse_rfc3339("2026-11-21T00:00:00Z").unwrap();
         let r1 = Record::new(e.clone(), t1, "sec-17a-4-a".into());
-        let text = std::str::from_utf8(&r1.canonical).unwrap();
+        let text = std::str::from_utf8(r1.canonical()).unwrap();
         assert_eq!(canonical::canonicalize(text).unwrap(), text);
         assert!(text.contains(r#""ingested_at":"2026-11-21T00:00:00.000000Z""#));
         let r2 = Record::new(e.clone(), t1.plus_micros(5), "finra-4511".into());
@@ -1157,21 +1311,52 @@ mod tests {
             t1,
             "x".into(),
         );
-        let text = std::str::from_utf8(&m.canonical).unwrap();
+        let text = std::str::from_utf8(m.canonical()).unwrap();
         assert_eq!(canonical::canonicalize(text).unwrap(), text);
         // Records come back from their canonical bytes, and only from those.
         for r in [&r1, &m] {
-            let back = Record::from_canonical(r.canonical.clone(), r.digest).unwrap();
+            let back = Record::from_canonical(r.canonical().to_vec(), r.digest).unwrap();
             assert_eq!(
-                (back.event.event_id.as_str(), back.leaf(), back.ingested_at),
-                (r.event.event_id.as_str(), r.leaf(), r.ingested_at)
+                (back.event_id(), back.leaf(), back.ingested_at),
+                (r.event_id(), r.leaf(), r.ingested_at)
             );
-            assert_eq!(back.canonical, r.canonical);
+            assert_eq!(back.canonical(), r.canonical());
+            assert_eq!(format!("{:?}", back.view()), format!("{:?}", r.view()));
         }
-        let spaced = String::from_utf8(r1.canonical.clone())
+        let spaced = String::from_utf8(r1.canonical().to_vec())
             .unwrap()
             .replacen(",", ", ", 1);
         assert!(Record::from_canonical(spaced.into_bytes(), r1.digest).is_err());
+    }
+
+    /// A record keeps its fields as places in its canonical bytes, or decoded beside them
+    /// when their JSON form has escapes (text fields refuse control characters, so only
+    /// quotes and backslashes are escaped); either way its view is the event's.
+    #[test]
+    fn a_record_gives_back_every_field_with_or_without_escapes() {
+        let t = Timestamp::parse_rfc3339("2026-11-21T00:00:00Z").unwrap();
+        let plain = parse_event(GOOD.as_bytes(), &limits()).unwrap();
+        let tricky = with(|m| {
+            m["actor"]["id"] = "a\"quote\\back".into();
+            m["actor"]["role"] = "say \"hi\"".into();
+            m["subject"]["id"] = "naïve é".into();
+            m["origin"]["device"] = "C:\\ws".into();
+            m["correlation_id"] = "c-1".into();
+        });
+        let tricky = parse_event(tricky.as_bytes(), &limits()).unwrap();
+        let minimal = r#"{"event_id":"m","occurred_at":"2026-11-20T00:00:00Z","actor":{"type":"SYSTEM","id":"batch"},
+            "action":"eod.run","subject":{"type":"job","id":"j"},"source":"SYSTEM","payload":{}}"#;
+        let minimal = parse_event(minimal.as_bytes(), &limits()).unwrap();
+        for e in [plain, tricky, minimal] {
+            let r = Record::new(e.clone(), t, "finra-4511".into());
+            let expected = e.view(Some(t), Some("finra-4511"));
+            assert_eq!(format!("{:?}", r.view()), format!("{expected:?}"));
+            assert_eq!(r.event_id(), e.event_id);
+            assert_eq!(r.occurred_at, e.occurred_at);
+            assert!(view_matches(&r.view(), r.canonical()));
+            let back = Record::from_canonical(r.canonical().to_vec(), r.digest).unwrap();
+            assert_eq!(format!("{:?}", back.view()), format!("{expected:?}"));
+        }
     }
 
     #[test]

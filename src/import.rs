@@ -266,7 +266,7 @@ pub fn import(
                             on_outcome(Outcome::Rejected(Rejection::new(line, index, error)));
                         }
                         Item::Ok { line, record, note } => {
-                            let noted = note.map(|note| (record.event.event_id.clone(), note));
+                            let noted = note.map(|note| (record.event_id().to_owned(), note));
                             match batcher.admit(record)? {
                                 Admission::Accepted { .. } => {
                                     summary.accepted += 1;
@@ -282,7 +282,7 @@ pub fn import(
                                     summary.duplicates += 1;
                                     on_outcome(Outcome::Duplicate {
                                         line,
-                                        event_id: record.event.event_id,
+                                        event_id: record.event_id().to_owned(),
                                     });
                                 }
                                 Admission::Conflict(record) => {
@@ -290,7 +290,7 @@ pub fn import(
                                     on_outcome(Outcome::Rejected(conflict(
                                         line,
                                         index,
-                                        record.event.event_id,
+                                        record.event_id().to_owned(),
                                     )));
                                 }
                             }

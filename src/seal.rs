@@ -80,11 +80,11 @@ pub fn seal(
         .records
         .iter()
         .map(|r| {
-            let from = r.event.occurred_at.day().max(today);
+            let from = r.occurred_at.day().max(today);
             let expires =
                 Day::from_days_since_epoch(from.days_since_epoch() + ctx.window_days as i32);
             Entry {
-                fingerprint: fingerprint(&r.event.event_id),
+                fingerprint: fingerprint(r.event_id()),
                 seen: Seen::new(&r.digest, expires),
             }
         })

@@ -52,7 +52,7 @@ use parquet::file::metadata::{KeyValue, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
-use crate::event::Record;
+use crate::event::{Record, RecordView};
 use crate::layout::WriterId;
 use crate::merkle::{self, Hash};
 use crate::timestamp::{Day, Timestamp};
@@ -64,7 +64,7 @@ pub const ROW_GROUP_ROWS: usize = 131_072;
 /// Rows per data page (small pages make point lookups through the page index cheap).
 pub const PAGE_ROWS: usize = 1_024;
 /// Rows per Arrow record batch handed to the writer.
-const CHUNK_ROWS: usize = 16_384;
+const CHUNK_ROWS: usize = 4_096;
 
 /// What a segment is, as its footer and its manifest both state it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -216,7 +216,7 @@ pub fn write_segment<R: std::borrow::Borrow<Record>>(
     let records = records.as_slice();
     assert!(!records.is_empty(), "a segment holds at least one event");
     let mut leaves = Vec::with_capacity(records.len());
-    merkle::extend_leaf_hashes(&mut leaves, records.iter().map(|r| r.canonical.as_slice()));
+    merkle::extend_leaf_hashes(&mut leaves, records.iter().map(|r| r.canonical()));
     let info = SegmentInfo {
         format_version: FORMAT_VERSION,
         writer: header.writer.clone(),
@@ -229,17 +229,17 @@ pub fn write_segment<R: std::borrow::Borrow<Record>>(
         last_seq: header.first_seq + records.len() as u64 - 1,
         first_occurred_at: records
             .iter()
-            .map(|r| r.event.occurred_at)
+            .map(|r| r.occurred_at)
             .min()
             .expect("non-empty"),
         last_occurred_at: records
             .iter()
-            .map(|r| r.event.occurred_at)
+            .map(|r| r.occurred_at)
             .max()
             .expect("non-empty"),
         merkle_root: merkle::root(&leaves),
     };
-    let total: usize = records.iter().map(|r| r.canonical.len()).sum();
+    let total: usize = records.iter().map(|r| r.canonical().len()).sum();
     let mut out = Vec::with_capacity(total / 4 + 4096);
     let props = writer_properties(records.len(), &info);
     let schema = schema();
@@ -276,44 +276,47 @@ fn to_record_batch(
     leaves: &[Hash],
 ) -> RecordBatch {
     let n = records.len();
-    let text_cap = |f: fn(&Record) -> usize| records.iter().map(|r| f(r)).sum::<usize>();
+    let views: Vec<RecordView<'_>> = records.iter().map(|r| r.view()).collect();
+    let text_cap = |f: fn(&RecordView<'_>) -> usize| views.iter().map(f).sum::<usize>();
     let mut seq = Int64Builder::with_capacity(n);
-    let mut event_id = StringBuilder::with_capacity(n, text_cap(|r| r.event.event_id.len()));
+    let mut event_id = StringBuilder::with_capacity(n, text_cap(|v| v.event_id.len()));
     let mut occurred = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut ingested = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut actor_type = StringBuilder::with_capacity(n, n * 6);
-    let mut actor_id = StringBuilder::with_capacity(n, text_cap(|r| r.event.actor.id.len()));
+    let mut actor_id = StringBuilder::with_capacity(n, text_cap(|v| v.actor_id.len()));
     let mut actor_role = StringBuilder::with_capacity(n, n * 8);
-    let mut action = StringBuilder::with_capacity(n, text_cap(|r| r.event.action.len()));
+    let mut action = StringBuilder::with_capacity(n, text_cap(|v| v.action.len()));
     let mut subject_type = StringBuilder::with_capacity(n, n * 8);
-    let mut subject_id = StringBuilder::with_capacity(n, text_cap(|r| r.event.subject.id.len()));
+    let mut subject_id = StringBuilder::with_capacity(n, text_cap(|v| v.subject_id.len()));
     let mut origin_ip = StringBuilder::with_capacity(n, n * 12);
     let mut origin_device = StringBuilder::with_capacity(n, n * 8);
     let mut source = StringBuilder::with_capacity(n, n * 4);
     let mut class = StringBuilder::with_capacity(n, n * 12);
     let mut correlation = StringBuilder::with_capacity(n, n * 8);
-    let mut payload = StringBuilder::with_capacity(n, text_cap(|r| r.event.payload.len()));
-    let mut canonical = BinaryBuilder::with_capacity(n, text_cap(|r| r.canonical.len()));
+    let mut payload = StringBuilder::with_capacity(n, text_cap(|v| v.payload.len()));
+    let mut canonical = BinaryBuilder::with_capacity(
+        n,
+        records.iter().map(|r| r.canonical().len()).sum(),
+    );
     let mut leaf = FixedSizeBinaryBuilder::with_capacity(n, 32);
-    for (i, (r, l)) in records.iter().zip(leaves).enumerate() {
-        let e = &r.event;
+    for (i, ((r, v), l)) in records.iter().zip(&views).zip(leaves).enumerate() {
         seq.append_value((first_seq + i as u64) as i64);
-        event_id.append_value(&e.event_id);
-        occurred.append_value(e.occurred_at.as_micros());
+        event_id.append_value(v.event_id);
+        occurred.append_value(v.occurred_at.as_micros());
         ingested.append_value(r.ingested_at.as_micros());
-        actor_type.append_value(e.actor.kind.as_str());
-        actor_id.append_value(&e.actor.id);
-        actor_role.append_option(e.actor.role.as_deref());
-        action.append_value(&e.action);
-        subject_type.append_value(&e.subject.kind);
-        subject_id.append_value(&e.subject.id);
-        origin_ip.append_option(e.origin.as_ref().and_then(|o| o.ip.as_deref()));
-        origin_device.append_option(e.origin.as_ref().and_then(|o| o.device.as_deref()));
-        source.append_value(e.source.as_str());
+        actor_type.append_value(v.actor_type);
+        actor_id.append_value(v.actor_id);
+        actor_role.append_option(v.actor_role);
+        action.append_value(v.action);
+        subject_type.append_value(v.subject_type);
+        subject_id.append_value(v.subject_id);
+        origin_ip.append_option(v.origin_ip);
+        origin_device.append_option(v.origin_device);
+        source.append_value(v.source);
         class.append_value(&*r.retention_class);
-        correlation.append_option(e.correlation_id.as_deref());
-        payload.append_value(&e.payload);
-        canonical.append_value(&r.canonical);
+        correlation.append_option(v.correlation_id);
+        payload.append_value(v.payload);
+        canonical.append_value(r.canonical());
         leaf.append_value(l).expect("32 bytes");
     }
     let columns: Vec<ArrayRef> = vec![
@@ -710,14 +713,13 @@ mod tests {
             .collect();
         assert_eq!(merkle::root(&leaves), back.info.merkle_root);
         for (row, rec) in back.rows.iter().zip(&records) {
-            assert_eq!(row.event_id, rec.event.event_id);
-            assert_eq!(row.canonical, rec.canonical);
+            let v = rec.view();
+            assert_eq!(row.event_id, v.event_id);
+            assert_eq!(row.canonical, rec.canonical());
             assert_eq!(row.leaf_hash, rec.leaf());
-            assert_eq!(row.payload, rec.event.payload);
-            assert_eq!(
-                row.origin_ip.as_deref(),
-                rec.event.origin.as_ref().unwrap().ip.as_deref()
-            );
+            assert_eq!(row.payload, v.payload);
+            assert_eq!(row.origin_ip.as_deref(), v.origin_ip);
+            assert!(v.origin_ip.is_some());
             assert_eq!(row.actor_role, None);
         }
         // Same input, same bytes: a retried seal is byte-identical.

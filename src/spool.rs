@@ -208,7 +208,7 @@ impl Spool {
     pub fn frame_bytes(records: &[(Lane, u64, &Record)]) -> u64 {
         records
             .iter()
-            .map(|(l, _, r)| (8 + 1 + 4 + 8 + 2 + l.class.len() + 32 + r.canonical.len()) as u64)
+            .map(|(l, _, r)| (8 + 1 + 4 + 8 + 2 + l.class.len() + 32 + r.canonical().len()) as u64)
             .sum()
     }
 
@@ -235,7 +235,7 @@ impl Spool {
                 .extend_from_slice(&(lane.class.len() as u16).to_le_bytes());
             self.scratch.extend_from_slice(lane.class.as_bytes());
             self.scratch.extend_from_slice(&record.digest);
-            self.scratch.extend_from_slice(&record.canonical);
+            self.scratch.extend_from_slice(record.canonical());
             let len = (self.scratch.len() - start - 8) as u32;
             let crc = crc32fast::hash(&self.scratch[start + 8..]);
             self.scratch[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -379,13 +379,13 @@ mod tests {
         assert!(
             back.iter()
                 .zip(&recs)
-                .all(|((seq, c), r)| *c == r.canonical && *seq > 0)
+                .all(|((seq, c), r)| *c == r.canonical() && *seq > 0)
         );
         // Tear the last frame at every possible length: only that frame is lost, and the file
         // is cut back to the last whole frame.
         let path = file_path(dir.path(), 0);
         let full = fs::read(&path).unwrap();
-        let last_frame = full.len() - (8 + 1 + 4 + 8 + 2 + 1 + 32 + recs[49].canonical.len());
+        let last_frame = full.len() - (8 + 1 + 4 + 8 + 2 + 1 + 32 + recs[49].canonical().len());
         for cut in [
             last_frame + 1,
             last_frame + 7,
