@@ -81,37 +81,38 @@ impl Source {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Actor {
+pub struct Actor<'a> {
     pub kind: ActorType,
-    pub id: String,
-    pub role: Option<String>,
+    pub id: Cow<'a, str>,
+    pub role: Option<Cow<'a, str>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Subject {
-    pub kind: String,
-    pub id: String,
+pub struct Subject<'a> {
+    pub kind: Cow<'a, str>,
+    pub id: Cow<'a, str>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Origin {
-    pub ip: Option<String>,
-    pub device: Option<String>,
+pub struct Origin<'a> {
+    pub ip: Option<Cow<'a, str>>,
+    pub device: Option<Cow<'a, str>>,
 }
 
-/// A validated event as the upstream submitted it.
+/// A validated event as the upstream submitted it. Its text fields borrow from the input
+/// where they can (they are copied once, into the [`Record`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Event {
-    pub event_id: String,
+pub struct Event<'a> {
+    pub event_id: Cow<'a, str>,
     pub occurred_at: Timestamp,
-    pub actor: Actor,
-    pub action: String,
-    pub subject: Subject,
-    pub origin: Option<Origin>,
+    pub actor: Actor<'a>,
+    pub action: Cow<'a, str>,
+    pub subject: Subject<'a>,
+    pub origin: Option<Origin<'a>>,
     pub source: Source,
     /// As submitted; the resolved class lives in [`Record`].
-    pub retention_class: Option<String>,
-    pub correlation_id: Option<String>,
+    pub retention_class: Option<Cow<'a, str>>,
+    pub correlation_id: Option<Cow<'a, str>>,
     /// The payload object in canonical (JCS) form.
     pub payload: String,
 }
@@ -251,7 +252,7 @@ pub const MAX_ID_LEN: usize = 128;
 pub const MAX_TEXT_LEN: usize = 256;
 
 /// Parses and validates one event from its JSON text.
-pub fn parse_event(bytes: &[u8], limits: &Limits) -> Result<Event, EventError> {
+pub fn parse_event<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Event<'a>, EventError> {
     parse_inner(bytes, limits).map_err(|mut e| {
         if e.event_id.is_none() {
             e.event_id = sniff_event_id(bytes);
@@ -260,7 +261,7 @@ pub fn parse_event(bytes: &[u8], limits: &Limits) -> Result<Event, EventError> {
     })
 }
 
-fn parse_inner(bytes: &[u8], limits: &Limits) -> Result<Event, EventError> {
+fn parse_inner<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Event<'a>, EventError> {
     use RejectKind::*;
     if bytes.len() > limits.max_event_bytes {
         return Err(EventError::new(
@@ -304,16 +305,22 @@ fn parse_inner(bytes: &[u8], limits: &Limits) -> Result<Event, EventError> {
     de.end()
         .map_err(|e| EventError::new(Malformed, None, strip_position(&e)))?;
 
-    let event_id = required(wire.event_id.take(), "event_id")?.into_owned();
+    let event_id = required(wire.event_id.take(), "event_id")?;
     check_id(&event_id, "event_id", InvalidEventId)?;
     let with_id = |mut e: EventError| {
         e.event_id = Some(event_id.to_string());
         e
     };
-    build(wire, &event_id, limits).map_err(with_id)
+    build(wire, limits)
+        .map(|build| build(event_id.clone()))
+        .map_err(with_id)
 }
 
-fn build(wire: WireEvent<'_>, event_id: &str, limits: &Limits) -> Result<Event, EventError> {
+/// Validates everything but the `event_id`; the result takes it.
+fn build<'a>(
+    wire: WireEvent<'a>,
+    limits: &Limits,
+) -> Result<impl FnOnce(Cow<'a, str>) -> Event<'a>, EventError> {
     use RejectKind::*;
     let occurred_raw = required(wire.occurred_at, "occurred_at")?;
     let occurred_at = Timestamp::parse_rfc3339(&occurred_raw).map_err(|e: TimestampError| {
@@ -360,7 +367,7 @@ fn build(wire: WireEvent<'_>, event_id: &str, limits: &Limits) -> Result<Event, 
         kind: {
             let k = required(ws.kind, "subject.type")?;
             check_id(&k, "subject.type", InvalidValue)?;
-            k.into_owned()
+            k
         },
         id: text_field(required(ws.id, "subject.id")?, "subject.id")?,
     };
@@ -370,7 +377,7 @@ fn build(wire: WireEvent<'_>, event_id: &str, limits: &Limits) -> Result<Event, 
         Some(o) => {
             let ip =
                 o.ip.map(|ip| match ip.parse::<std::net::IpAddr>() {
-                    Ok(_) => Ok(ip.into_owned()),
+                    Ok(_) => Ok(ip),
                     Err(_) => Err(EventError::field(
                         InvalidValue,
                         "origin.ip",
@@ -419,13 +426,13 @@ fn build(wire: WireEvent<'_>, event_id: &str, limits: &Limits) -> Result<Event, 
                     "must not be empty when present",
                 ))
             } else {
-                Ok(c.into_owned())
+                Ok(c)
             }
         })
         .transpose()?;
     let correlation_id = wire
         .correlation_id
-        .map(|c| check_id(&c, "correlation_id", InvalidValue).map(|_| c.into_owned()))
+        .map(|c| check_id(&c, "correlation_id", InvalidValue).map(|_| c))
         .transpose()?;
 
     let raw = wire.payload.ok_or_else(|| missing("payload"))?;
@@ -448,11 +455,11 @@ fn build(wire: WireEvent<'_>, event_id: &str, limits: &Limits) -> Result<Event, 
     canonical::canonicalize_into(raw, "payload", &mut payload)
         .map_err(|e| EventError::field(InvalidValue, &e.path, e.reason))?;
 
-    Ok(Event {
-        event_id: event_id.to_owned(),
+    Ok(move |event_id| Event {
+        event_id,
         occurred_at,
         actor,
-        action: action.into_owned(),
+        action,
         subject,
         origin,
         source,
@@ -505,7 +512,7 @@ fn check_id(s: &str, field: &str, kind: RejectKind) -> Result<(), EventError> {
 }
 
 /// Free-text identifiers: 1-256 bytes of UTF-8 without control characters.
-fn text_field(s: Cow<'_, str>, field: &str) -> Result<String, EventError> {
+fn text_field<'a>(s: Cow<'a, str>, field: &str) -> Result<Cow<'a, str>, EventError> {
     use RejectKind::InvalidValue;
     if s.trim().is_empty() {
         return Err(EventError::field(
@@ -531,7 +538,7 @@ fn text_field(s: Cow<'_, str>, field: &str) -> Result<String, EventError> {
             format!("contains the control character {c:?}"),
         ));
     }
-    Ok(s.into_owned())
+    Ok(s)
 }
 
 fn strip_position(e: &serde_json::Error) -> String {
@@ -799,25 +806,25 @@ impl Record {
         let ts =
             |t: &str, what: &str| Timestamp::parse_rfc3339(t).map_err(|e| format!("{what} {e}"));
         let event = Event {
-            event_id: s.event_id.into_owned(),
+            event_id: s.event_id,
             occurred_at: ts(&s.occurred_at, "occurred_at")?,
             actor: Actor {
                 kind: ActorType::parse(&s.actor.kind).ok_or("unknown actor.type")?,
-                id: s.actor.id.into_owned(),
-                role: s.actor.role.map(Cow::into_owned),
+                id: s.actor.id,
+                role: s.actor.role,
             },
-            action: s.action.into_owned(),
+            action: s.action,
             subject: Subject {
-                kind: s.subject.kind.into_owned(),
-                id: s.subject.id.into_owned(),
+                kind: s.subject.kind,
+                id: s.subject.id,
             },
             origin: s.origin.map(|o| Origin {
-                ip: o.ip.map(Cow::into_owned),
-                device: o.device.map(Cow::into_owned),
+                ip: o.ip,
+                device: o.device,
             }),
             source: Source::parse(&s.source).ok_or("unknown source")?,
             retention_class: None,
-            correlation_id: s.correlation_id.map(Cow::into_owned),
+            correlation_id: s.correlation_id,
             payload: s.payload.get().to_owned(),
         };
         let ingested_at = ts(&s.ingested_at, "ingested_at")?;
@@ -914,7 +921,7 @@ pub struct RecordView<'a> {
     pub payload: &'a str,
 }
 
-impl Event {
+impl Event<'_> {
     /// This event as a record view, with what the archive adds.
     pub fn view<'a>(
         &'a self,
@@ -1289,7 +1296,7 @@ mod tests {
         // submitted form, with and without a submitted class.
         for class in [None, Some("finra-4511")] {
             let mut e = e.clone();
-            e.retention_class = class.map(str::to_owned);
+            e.retention_class = class.map(Cow::Borrowed);
             let mut submitted = String::new();
             write_canonical(&e, None, class, &mut submitted);
             assert_eq!(canonical::canonicalize(&submitted).unwrap(), submitted);
@@ -1301,7 +1308,8 @@ mod tests {
         assert_ne!(r1.leaf(), r2.leaf());
         // Reordered keys and whitespace are the same content.
         let reordered: serde_json::Value = serde_json::from_str(GOOD).unwrap();
-        let e2 = parse_event(reordered.to_string().as_bytes(), &limits()).unwrap();
+        let reordered = reordered.to_string();
+        let e2 = parse_event(reordered.as_bytes(), &limits()).unwrap();
         assert_eq!(Record::new(e2, t1, "sec-17a-4-a".into()).digest, r1.digest);
         // Minimal events (no optional fields) are fixed points too.
         let minimal = r#"{"event_id":"m","occurred_at":"2026-11-20T00:00:00Z","actor":{"type":"SYSTEM","id":"batch"},

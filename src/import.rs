@@ -413,7 +413,7 @@ fn parse_worker(
                                         kind: RejectKind::InvalidValue,
                                         field: Some("retention_class".into()),
                                         reason,
-                                        event_id: Some(event.event_id),
+                                        event_id: Some(event.event_id.into_owned()),
                                     },
                                 },
                                 Ok(res) => Item::Ok {

@@ -230,7 +230,7 @@ fn parse_body(
                 event.occurred_at,
             ) {
                 Err(reason) => {
-                    let id = event.event_id.clone();
+                    let id = event.event_id.into_owned();
                     (
                         Some(id.clone()),
                         Item::Rejected(EventError {
@@ -242,7 +242,7 @@ fn parse_body(
                     )
                 }
                 Ok(res) => {
-                    let id = event.event_id.clone();
+                    let id = event.event_id.to_string();
                     let record = Record::new(event, Timestamp::now(), res.class);
                     (
                         Some(id),
