@@ -30,22 +30,100 @@ pub struct CanonicalError {
     pub reason: String,
 }
 
-/// Canonicalizes one JSON text (which must already be syntactically valid JSON, e.g. a
-/// `serde_json::value::RawValue`) and appends the JCS bytes to `out`. `root` names the value
-/// in error paths.
+/// Canonicalizes one JSON text and appends the JCS bytes to `out`. `root` names the value
+/// in error paths. The parser is strict: what is not JSON (RFC 8259) is refused, so it may
+/// be the first to read a text.
 pub fn canonicalize_into(json: &str, root: &str, out: &mut String) -> Result<(), CanonicalError> {
+    with_parser(json, 0, root, MAX_DEPTH, |p| p.run(out))
+}
+
+/// Canonicalizes the one JSON value that starts at byte `start` of `src` (no whitespace
+/// before it), nested at most `max_depth` levels below it, and appends its JCS bytes to
+/// `out`. Returns where the value ends; what follows is not looked at. On an error, `out` may
+/// hold part of the value.
+pub fn canonicalize_value_at(
+    src: &str,
+    start: usize,
+    root: &str,
+    max_depth: usize,
+    out: &mut String,
+) -> Result<usize, CanonicalError> {
+    with_parser(src, start, root, max_depth, |p| {
+        p.value(out, 0)?;
+        Ok(p.i)
+    })
+}
+
+fn with_parser<T>(
+    src: &str,
+    start: usize,
+    root: &str,
+    max_depth: usize,
+    f: impl FnOnce(&mut Parser<'_, '_>) -> Result<T, CanonicalError>,
+) -> Result<T, CanonicalError> {
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.take();
-        let result = Parser {
-            src: json,
-            i: 0,
+        scratch.path.clear();
+        let result = f(&mut Parser {
+            src,
+            i: start,
             root,
+            max_depth,
             scratch: &mut scratch,
-        }
-        .run(out);
+        });
         SCRATCH.set(scratch);
         result
     })
+}
+
+/// Where the first byte of `b` that ends or interrupts a string's plain text is: a quote, a
+/// backslash, or a control character (which JSON allows only escaped).
+#[inline]
+fn find_special(b: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i + 8 <= b.len() {
+        if needs_escape(u64::from_le_bytes(
+            b[i..i + 8].try_into().expect("eight bytes"),
+        )) {
+            break;
+        }
+        i += 8;
+    }
+    b[i..]
+        .iter()
+        .position(|&c| c < 0x20 || c == b'"' || c == b'\\')
+        .map(|n| i + n)
+}
+
+/// Whether `t` is a number as JSON writes one: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]?
+/// [0-9]+)?`.
+fn is_json_number(t: &[u8]) -> bool {
+    let digits = |t: &[u8], at: usize| t[at..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let mut i = usize::from(t.first() == Some(&b'-'));
+    match t.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i += digits(t, i),
+        _ => return false,
+    }
+    if t.get(i) == Some(&b'.') {
+        let n = digits(t, i + 1);
+        if n == 0 {
+            return false;
+        }
+        i += 1 + n;
+    }
+    if let Some(b'e' | b'E') = t.get(i) {
+        i += 1;
+        if let Some(b'+' | b'-') = t.get(i) {
+            i += 1;
+        }
+        let n = digits(t, i);
+        if n == 0 {
+            return false;
+        }
+        i += n;
+    }
+    i == t.len()
 }
 
 /// Canonicalizes a JSON text into a new string.
@@ -333,12 +411,13 @@ struct Parser<'a, 's> {
     src: &'a str,
     i: usize,
     root: &'a str,
+    /// Nesting deeper than this is refused.
+    max_depth: usize,
     scratch: &'s mut Scratch,
 }
 
 impl Parser<'_, '_> {
-    fn run(mut self, out: &mut String) -> Result<(), CanonicalError> {
-        self.scratch.path.clear();
+    fn run(&mut self, out: &mut String) -> Result<(), CanonicalError> {
         self.ws();
         self.value(out, 0)?;
         self.ws();
@@ -391,8 +470,8 @@ impl Parser<'_, '_> {
     }
 
     fn value(&mut self, out: &mut String, depth: usize) -> Result<(), CanonicalError> {
-        if depth > MAX_DEPTH {
-            return Err(self.err(format!("nested deeper than {MAX_DEPTH} levels")));
+        if depth > self.max_depth {
+            return Err(self.err(format!("nested deeper than {} levels", self.max_depth)));
         }
         match self.peek() {
             Some(b'{') => self.object(out, depth),
@@ -435,6 +514,9 @@ impl Parser<'_, '_> {
             self.i += 1;
         }
         let text = &self.src[start..self.i];
+        if !is_json_number(text.as_bytes()) {
+            return Err(self.err(format!("`{text}` is not a JSON number")));
+        }
         // Fast path: a plain integer of at most 15 digits is its own canonical form.
         let digits = text.strip_prefix('-').unwrap_or(text);
         if !digits.is_empty()
@@ -476,11 +558,14 @@ impl Parser<'_, '_> {
         self.expect(b'"')?;
         let start = self.i;
         let rest = &self.src.as_bytes()[start..];
-        let end =
-            memchr::memchr2(b'"', b'\\', rest).ok_or_else(|| self.err("unterminated string"))?;
-        if rest[end] == b'"' {
-            self.i = start + end + 1;
-            return Ok(Key::Raw(start..start + end));
+        let end = find_special(rest).ok_or_else(|| self.err("unterminated string"))?;
+        match rest[end] {
+            b'"' => {
+                self.i = start + end + 1;
+                return Ok(Key::Raw(start..start + end));
+            }
+            b'\\' => {}
+            _ => return Err(self.err("control character in a string (JSON needs it escaped)")),
         }
         let mut buf = String::with_capacity(end + 16);
         buf.push_str(&self.src[start..start + end]);
@@ -528,11 +613,13 @@ impl Parser<'_, '_> {
                     };
                     buf.push(c);
                 }
+                b if b < 0x20 => {
+                    return Err(self.err("control character in a string (JSON needs it escaped)"));
+                }
                 _ => {
-                    // Copy the run up to the next quote or backslash at once.
+                    // Copy the run up to the next quote, backslash or control character.
                     let rest = &self.src.as_bytes()[self.i..];
-                    let n = memchr::memchr2(b'"', b'\\', rest)
-                        .ok_or_else(|| self.err("unterminated string"))?;
+                    let n = find_special(rest).ok_or_else(|| self.err("unterminated string"))?;
                     buf.push_str(&self.src[self.i..self.i + n]);
                     self.i += n;
                 }
@@ -546,6 +633,9 @@ impl Parser<'_, '_> {
             .src
             .get(self.i..self.i + 4)
             .ok_or_else(|| self.err("short \\u escape"))?;
+        if !h.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(self.err("bad \\u escape"));
+        }
         let v = u32::from_str_radix(h, 16).map_err(|_| self.err("bad \\u escape"))?;
         self.i += 4;
         Ok(v)
@@ -851,6 +941,56 @@ mod tests {
             canonicalize("9007199254740992").unwrap(),
             "9007199254740992"
         );
+    }
+
+    /// The parser is strict: it refuses every text here that is not JSON (serde_json agrees),
+    /// since it may be the first to read a payload.
+    #[test]
+    fn refuses_what_is_not_json() {
+        for bad in [
+            "01",
+            "-01",
+            "1.",
+            ".5",
+            "+1",
+            "1e",
+            "1e+",
+            "-",
+            "--1",
+            "1.e5",
+            "0x10",
+            "1_000",
+            "\"\\u12G4\"",
+            "\"\\u+123\"",
+            "\"\\x41\"",
+            "\"a\u{1}b\"",
+            "\"a\tb\"",
+            "[1,]",
+            "{\"a\":1,}",
+            "{\"a\" 1}",
+            "{'a':1}",
+            "tru",
+            "nul",
+            "[1 2]",
+            "{\"a\":}",
+        ] {
+            assert!(
+                serde_json::from_str::<serde_json::Value>(bad).is_err(),
+                "serde_json reads {bad}"
+            );
+            assert!(canonicalize(bad).is_err(), "canonicalized {bad}");
+        }
+        for good in [
+            "0",
+            "-0",
+            "1e5",
+            "1E+5",
+            "1.5e-3",
+            "\"\\u00e9\\/\"",
+            "[ 1 , 2 ]",
+        ] {
+            assert!(canonicalize(good).is_ok(), "{good}");
+        }
     }
 
     #[test]

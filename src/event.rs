@@ -192,7 +192,7 @@ impl EventError {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WireEvent<'a> {
     #[serde(borrow, default)]
@@ -217,7 +217,7 @@ struct WireEvent<'a> {
     payload: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WireActor<'a> {
     #[serde(borrow, default, rename = "type")]
@@ -228,7 +228,7 @@ struct WireActor<'a> {
     role: Option<Cow<'a, str>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WireSubject<'a> {
     #[serde(borrow, default, rename = "type")]
@@ -237,7 +237,7 @@ struct WireSubject<'a> {
     id: Option<Cow<'a, str>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WireOrigin<'a> {
     #[serde(borrow, default)]
@@ -253,7 +253,16 @@ pub const MAX_TEXT_LEN: usize = 256;
 
 /// Parses and validates one event from its JSON text.
 pub fn parse_event<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Event<'a>, EventError> {
-    parse_inner(bytes, limits).map_err(|mut e| {
+    parse_with(bytes, limits, true)
+}
+
+/// [`parse_event`], with or without trying the one-pass reader first.
+fn parse_with<'a>(
+    bytes: &'a [u8],
+    limits: &Limits,
+    one_pass: bool,
+) -> Result<Event<'a>, EventError> {
+    parse_inner(bytes, limits, one_pass).map_err(|mut e| {
         if e.event_id.is_none() {
             e.event_id = sniff_event_id(bytes);
         }
@@ -261,7 +270,11 @@ pub fn parse_event<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Event<'a>, Ev
     })
 }
 
-fn parse_inner<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Event<'a>, EventError> {
+fn parse_inner<'a>(
+    bytes: &'a [u8],
+    limits: &Limits,
+    one_pass: bool,
+) -> Result<Event<'a>, EventError> {
     use RejectKind::*;
     if bytes.len() > limits.max_event_bytes {
         return Err(EventError::new(
@@ -284,6 +297,9 @@ fn parse_inner<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Event<'a>, EventE
     if text.trim().is_empty() {
         return Err(EventError::new(Malformed, None, "empty event"));
     }
+    if let Some((mut wire, payload)) = one_pass.then(|| fast::parse(text)).flatten() {
+        return finish(&mut wire, Some(PayloadIn::Canonical(payload)), limits);
+    }
     let mut de = serde_json::Deserializer::from_str(text);
     let mut wire = match WireEvent::deserialize(&mut de) {
         Ok(wire) => wire,
@@ -304,14 +320,233 @@ fn parse_inner<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Event<'a>, EventE
     };
     de.end()
         .map_err(|e| EventError::new(Malformed, None, strip_position(&e)))?;
+    let payload = wire.payload.take().map(PayloadIn::Raw);
+    finish(&mut wire, payload, limits)
+}
 
+/// One pass over an event in the common case: the envelope read in place and the payload
+/// canonicalized as it is read, where `serde` would first scan the payload to find its end
+/// and the canonicalizer would then read it again.
+///
+/// It gives up ([`None`]) at anything unusual: a member it does not know or has seen, an
+/// escape in a name or a text field, a value of an unexpected type, a payload that is not an
+/// object or has no canonical form, deep nesting, bytes after the event. The `serde` path
+/// then reads the event and words the refusal. So this path only ever accepts what that one
+/// accepts, and reads it the same way; a test compares the two on valid, invalid and mutated
+/// events.
+mod fast {
+    use super::{WireActor, WireEvent, WireOrigin, WireSubject};
+    use crate::canonical;
+    use std::borrow::Cow;
+
+    /// Payload nesting this path takes on; deeper payloads go to `serde`, whose recursion
+    /// limit (128 containers in all) words that refusal.
+    const MAX_PAYLOAD_DEPTH: usize = 100;
+
+    struct Reader<'a> {
+        text: &'a str,
+        i: usize,
+    }
+
+    impl<'a> Reader<'a> {
+        fn ws(&mut self) {
+            let b = self.text.as_bytes();
+            while let Some(b' ' | b'\t' | b'\n' | b'\r') = b.get(self.i) {
+                self.i += 1;
+            }
+        }
+
+        fn peek(&self) -> Option<u8> {
+            self.text.as_bytes().get(self.i).copied()
+        }
+
+        fn eat(&mut self, c: u8) -> Option<()> {
+            self.ws();
+            (self.peek()? == c).then(|| self.i += 1)
+        }
+
+        /// A string without escapes or control characters.
+        fn plain_string(&mut self) -> Option<&'a str> {
+            self.ws();
+            if self.peek()? != b'"' {
+                return None;
+            }
+            let start = self.i + 1;
+            let rest = &self.text.as_bytes()[start..];
+            let len = memchr::memchr2(b'"', b'\\', rest)?;
+            if rest[len] != b'"' || rest[..len].iter().any(|&c| c < 0x20) {
+                return None;
+            }
+            self.i = start + len + 1;
+            Some(&self.text[start..start + len])
+        }
+
+        /// A text value or `null`.
+        fn text_or_null(&mut self) -> Option<Option<Cow<'a, str>>> {
+            self.ws();
+            if self.peek()? == b'n' {
+                return self.null().map(|_| None);
+            }
+            self.plain_string().map(|s| Some(Cow::Borrowed(s)))
+        }
+
+        fn null(&mut self) -> Option<()> {
+            self.text[self.i..].starts_with("null").then(|| self.i += 4)
+        }
+
+        /// The members of an object whose values are texts or `null`: `set` stores one by
+        /// name, or refuses a name it does not know. `None` for `null`.
+        fn object(
+            &mut self,
+            mut set: impl FnMut(&str, Option<Cow<'a, str>>) -> Option<()>,
+        ) -> Option<Option<()>> {
+            self.ws();
+            if self.peek()? == b'n' {
+                return self.null().map(|_| None);
+            }
+            self.eat(b'{')?;
+            self.ws();
+            if self.peek()? == b'}' {
+                self.i += 1;
+                return Some(Some(()));
+            }
+            loop {
+                let name = self.plain_string()?;
+                self.eat(b':')?;
+                set(name, self.text_or_null()?)?;
+                self.ws();
+                match self.peek()? {
+                    b',' => self.i += 1,
+                    b'}' => {
+                        self.i += 1;
+                        return Some(Some(()));
+                    }
+                    _ => return None,
+                }
+            }
+        }
+    }
+
+    /// Stores `value` in `slot` once; a member seen twice gives up.
+    fn once<T>(slot: &mut Option<T>, seen: &mut u32, bit: u32, value: Option<T>) -> Option<()> {
+        if *seen & bit != 0 {
+            return None;
+        }
+        *seen |= bit;
+        *slot = value;
+        Some(())
+    }
+
+    /// The envelope and the payload in canonical form, or `None` to read it with `serde`.
+    pub(super) fn parse(text: &str) -> Option<(WireEvent<'_>, String)> {
+        let mut r = Reader { text, i: 0 };
+        let mut w = WireEvent::default();
+        let mut payload: Option<String> = None;
+        let mut seen = 0u32;
+        r.eat(b'{')?;
+        r.ws();
+        if r.peek()? == b'}' {
+            return None;
+        }
+        loop {
+            let name = r.plain_string()?;
+            r.eat(b':')?;
+            match name {
+                "event_id" => once(&mut w.event_id, &mut seen, 1, r.text_or_null()?)?,
+                "occurred_at" => once(&mut w.occurred_at, &mut seen, 2, r.text_or_null()?)?,
+                "action" => once(&mut w.action, &mut seen, 4, r.text_or_null()?)?,
+                "source" => once(&mut w.source, &mut seen, 8, r.text_or_null()?)?,
+                "retention_class" => {
+                    once(&mut w.retention_class, &mut seen, 16, r.text_or_null()?)?
+                }
+                "correlation_id" => once(&mut w.correlation_id, &mut seen, 32, r.text_or_null()?)?,
+                "actor" => {
+                    let mut a = WireActor::default();
+                    let mut inner = 0u32;
+                    let got = r.object(|k, v| match k {
+                        "type" => once(&mut a.kind, &mut inner, 1, v),
+                        "id" => once(&mut a.id, &mut inner, 2, v),
+                        "role" => once(&mut a.role, &mut inner, 4, v),
+                        _ => None,
+                    })?;
+                    once(&mut w.actor, &mut seen, 64, got.map(|()| a))?
+                }
+                "subject" => {
+                    let mut sj = WireSubject::default();
+                    let mut inner = 0u32;
+                    let got = r.object(|k, v| match k {
+                        "type" => once(&mut sj.kind, &mut inner, 1, v),
+                        "id" => once(&mut sj.id, &mut inner, 2, v),
+                        _ => None,
+                    })?;
+                    once(&mut w.subject, &mut seen, 128, got.map(|()| sj))?
+                }
+                "origin" => {
+                    let mut o = WireOrigin::default();
+                    let mut inner = 0u32;
+                    let got = r.object(|k, v| match k {
+                        "ip" => once(&mut o.ip, &mut inner, 1, v),
+                        "device" => once(&mut o.device, &mut inner, 2, v),
+                        _ => None,
+                    })?;
+                    once(&mut w.origin, &mut seen, 256, got.map(|()| o))?
+                }
+                "payload" => {
+                    r.ws();
+                    if r.peek()? != b'{' || seen & 512 != 0 {
+                        return None;
+                    }
+                    seen |= 512;
+                    let mut out = String::with_capacity(text.len() - r.i);
+                    r.i = canonical::canonicalize_value_at(
+                        text,
+                        r.i,
+                        "payload",
+                        MAX_PAYLOAD_DEPTH,
+                        &mut out,
+                    )
+                    .ok()?;
+                    payload = Some(out);
+                }
+                _ => return None,
+            }
+            r.ws();
+            match r.peek()? {
+                b',' => r.i += 1,
+                b'}' => {
+                    r.i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+        r.ws();
+        if r.i != text.len() {
+            return None;
+        }
+        Some((w, payload?))
+    }
+}
+
+/// The payload as read: raw JSON text, or already in canonical form.
+enum PayloadIn<'a> {
+    Raw(&'a RawValue),
+    Canonical(String),
+}
+
+/// Validates what was read.
+fn finish<'a>(
+    wire: &mut WireEvent<'a>,
+    payload: Option<PayloadIn<'a>>,
+    limits: &Limits,
+) -> Result<Event<'a>, EventError> {
     let event_id = required(wire.event_id.take(), "event_id")?;
-    check_id(&event_id, "event_id", InvalidEventId)?;
+    check_id(&event_id, "event_id", RejectKind::InvalidEventId)?;
     let with_id = |mut e: EventError| {
         e.event_id = Some(event_id.to_string());
         e
     };
-    build(wire, limits)
+    build(std::mem::take(wire), payload, limits)
         .map(|build| build(event_id.clone()))
         .map_err(with_id)
 }
@@ -319,6 +554,7 @@ fn parse_inner<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Event<'a>, EventE
 /// Validates everything but the `event_id`; the result takes it.
 fn build<'a>(
     wire: WireEvent<'a>,
+    payload: Option<PayloadIn<'a>>,
     limits: &Limits,
 ) -> Result<impl FnOnce(Cow<'a, str>) -> Event<'a>, EventError> {
     use RejectKind::*;
@@ -435,8 +671,24 @@ fn build<'a>(
         .map(|c| check_id(&c, "correlation_id", InvalidValue).map(|_| c))
         .transpose()?;
 
-    let raw = wire.payload.ok_or_else(|| missing("payload"))?;
-    let raw = raw.get();
+    let done = move |payload: String| {
+        move |event_id| Event {
+            event_id,
+            occurred_at,
+            actor,
+            action,
+            subject,
+            origin,
+            source,
+            retention_class,
+            correlation_id,
+            payload,
+        }
+    };
+    let raw = match payload.ok_or_else(|| missing("payload"))? {
+        PayloadIn::Canonical(payload) => return Ok(done(payload)),
+        PayloadIn::Raw(raw) => raw.get(),
+    };
     if !raw.starts_with('{') {
         let got = match raw.as_bytes()[0] {
             b'[' => "an array",
@@ -454,19 +706,7 @@ fn build<'a>(
     let mut payload = String::with_capacity(raw.len());
     canonical::canonicalize_into(raw, "payload", &mut payload)
         .map_err(|e| EventError::field(InvalidValue, &e.path, e.reason))?;
-
-    Ok(move |event_id| Event {
-        event_id,
-        occurred_at,
-        actor,
-        action,
-        subject,
-        origin,
-        source,
-        retention_class,
-        correlation_id,
-        payload,
-    })
+    Ok(done(payload))
 }
 
 fn missing(field: &str) -> EventError {
@@ -1246,6 +1486,133 @@ mod tests {
                 assert!(!checker.matches(&v, wrong.as_bytes()), "{wrong}");
             }
         }
+    }
+
+    /// The one-pass reader gives up or reads exactly what the `serde` path reads, and refuses
+    /// what it refuses: compared on generated events, hand-picked edge cases, and thousands
+    /// of random mutations of them (bytes deleted, inserted, replaced, spans repeated).
+    #[test]
+    fn the_one_pass_reader_agrees_with_serde() {
+        let limits = limits();
+        let mut rng = crate::bench::Rng::new(11);
+        let start = Day::parse("2026-11-02").unwrap();
+        let mut bases: Vec<String> = vec![GOOD.into()];
+        for i in 0..200 {
+            let mut line = String::new();
+            crate::bench::event_json(&mut rng, i, start, 3, &mut line);
+            bases.push(line);
+        }
+        let g = |patch: &str| GOOD.replacen("\"source\":\"UI\"", patch, 1);
+        let deep = |n: usize| {
+            GOOD.replacen(
+                "\"b\":[true,null]",
+                &format!("\"b\":{}1{}", "[".repeat(n), "]".repeat(n)),
+                1,
+            )
+        };
+        let edge: Vec<String> = vec![
+            format!(" \t\r\n{GOOD}\n "),
+            GOOD.replace(':', " : ").replace(',', " ,\n"),
+            g("\"source\":\"UI\",\"source\":\"UI\""),
+            g("\"source\":\"UI\",\"extra\":1"),
+            g("\"source\":null"),
+            g("\"source\":\"U\\u0049\""),
+            g("\"sour\\u0063e\":\"UI\""),
+            g("\"source\":\"UI\",\"correlation_id\":null"),
+            g("\"source\":\"UI\",\"retention_class\":\"finra-4511\""),
+            g("\"source\":\"UI\",\"retention_class\":\"\""),
+            g("\"source\":\"UI\",\"origin\":null"),
+            g("\"source\":\"UI\",\"origin\":{}"),
+            g("\"source\":\"U\u{1}I\""),
+            g("\"source\":7"),
+            format!("{GOOD}x"),
+            format!("{GOOD}{{}}"),
+            GOOD.replacen("\"role\":\"trader\"", "\"role\":null", 1),
+            GOOD.replacen("\"role\":\"trader\"", "\"role\":\"a\\\"b\"", 1),
+            GOOD.replacen(
+                "\"role\":\"trader\"",
+                "\"role\":\"trader\",\"role\":\"x\"",
+                1,
+            ),
+            GOOD.replacen("\"id\":\"jdoe\"", "\"id\":\"jdoé\"", 1),
+            GOOD.replacen("101.25", "1.0e2", 1),
+            GOOD.replacen("101.25", "01", 1),
+            GOOD.replacen("101.25", "1.", 1),
+            GOOD.replacen("101.25", ".5", 1),
+            GOOD.replacen("101.25", "+1", 1),
+            GOOD.replacen("101.25", "1e", 1),
+            GOOD.replacen("101.25", "-0", 1),
+            GOOD.replacen("101.25", "9007199254740993", 1),
+            GOOD.replacen("101.25", "\"\\u12G4\"", 1),
+            GOOD.replacen("101.25", "\"\\ud800\"", 1),
+            GOOD.replacen("101.25", "\"a\u{7}b\"", 1),
+            GOOD.replacen("101.25", "\"a\\/b\\u00e9\"", 1),
+            GOOD.replacen("101.25", "{\"k\":1,\"k\":2}", 1),
+            GOOD.replacen("101.25", "nul", 1),
+            GOOD.replacen("101.25", "truex", 1),
+            GOOD.replacen("\"payload\":{", "\"payload\":[{", 1)
+                .replacen("}}", "}]}", 1),
+            GOOD.replacen(
+                "\"payload\":{\"qty\":100,\"px\":101.25,\"b\":[true,null]}",
+                "\"payload\":null",
+                1,
+            ),
+            deep(90),
+            deep(126),
+            deep(127),
+            deep(200),
+            "{}".into(),
+            "[]".into(),
+            "null".into(),
+        ];
+        let mut corpus: Vec<String> = bases.iter().chain(&edge).cloned().collect();
+        const BYTES: &[u8] = b"{}[]\":,\\ ntrfuel0123456789.-+eEa\x01";
+        for base in bases.iter().take(20).chain(&edge) {
+            for _ in 0..300 {
+                let mut b = base.clone().into_bytes();
+                let at = rng.below(b.len() as u64 + 1) as usize;
+                match rng.below(4) {
+                    0 if at < b.len() => {
+                        b.remove(at);
+                    }
+                    1 => b.insert(at, *rng.pick(BYTES)),
+                    2 if at < b.len() => b[at] = *rng.pick(BYTES),
+                    _ => {
+                        let end = (at + 1 + rng.below(24) as usize).min(b.len());
+                        let span = b[at..end].to_vec();
+                        b.splice(at..at, span);
+                    }
+                }
+                if let Ok(text) = String::from_utf8(b) {
+                    corpus.push(text);
+                }
+            }
+        }
+        let (mut one_pass, mut accepted) = (0, 0);
+        for text in &corpus {
+            let both = parse_with(text.as_bytes(), &limits, true);
+            assert_eq!(both, parse_with(text.as_bytes(), &limits, false), "{text}");
+            if fast::parse(text).is_some() {
+                one_pass += 1;
+                assert!(
+                    serde_json::from_str::<serde_json::Value>(text).is_ok(),
+                    "the one-pass reader read what is not JSON: {text}"
+                );
+            }
+            accepted += usize::from(both.is_ok());
+        }
+        // Both kinds of input are well represented, and ordinary events take the one pass.
+        assert!(bases.iter().all(|b| fast::parse(b).is_some()));
+        assert!(
+            one_pass > corpus.len() / 10,
+            "{one_pass} of {}",
+            corpus.len()
+        );
+        assert!(
+            accepted < corpus.len() * 3 / 4,
+            "{accepted} of {}",
+            corpus.len()
+        );
     }
 
     fn limits() -> Limits {

@@ -294,10 +294,8 @@ fn to_record_batch(
     let mut class = StringBuilder::with_capacity(n, n * 12);
     let mut correlation = StringBuilder::with_capacity(n, n * 8);
     let mut payload = StringBuilder::with_capacity(n, text_cap(|v| v.payload.len()));
-    let mut canonical = BinaryBuilder::with_capacity(
-        n,
-        records.iter().map(|r| r.canonical().len()).sum(),
-    );
+    let mut canonical =
+        BinaryBuilder::with_capacity(n, records.iter().map(|r| r.canonical().len()).sum());
     let mut leaf = FixedSizeBinaryBuilder::with_capacity(n, 32);
     for (i, ((r, v), l)) in records.iter().zip(&views).zip(leaves).enumerate() {
         seq.append_value((first_seq + i as u64) as i64);
