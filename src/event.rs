@@ -881,9 +881,9 @@ pub struct Record {
     fields: FieldSpans,
 }
 
-/// The string fields of a record, as positions in [`FieldSpans`].
+/// The text fields of a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Field {
+pub enum Field {
     EventId,
     ActorId,
     ActorRole,
@@ -998,6 +998,16 @@ impl Record {
                 .find(|(g, _)| *g == f)
                 .map(|(_, text)| &**text),
             (start, end) => Some(&self.canonical[start as usize..end as usize]),
+        }
+    }
+
+    /// The length of a field's text (0 when absent), from the record's own layout alone:
+    /// without reading its canonical bytes.
+    pub fn field_len(&self, f: Field) -> usize {
+        match self.fields.spans[f as usize] {
+            ABSENT => 0,
+            ESCAPED => self.field(f).map_or(0, str::len),
+            (start, end) => (end - start) as usize,
         }
     }
 
