@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::event::Record;
-use crate::index::{Fingerprint, Index, fingerprint};
+use crate::index::{Fingerprint, Index};
 use crate::state::{Lane, State, StateError};
 use crate::timestamp::{Day, Timestamp};
 
@@ -104,6 +104,9 @@ struct OpenBatch {
         reason = "records arrive boxed from the parse threads; moving pointers is the point"
     )]
     records: Vec<Box<Record>>,
+    /// The records' fingerprints, kept as they are placed: on closing they become the
+    /// in-flight set without another pass over the records.
+    fingerprints: Vec<Fingerprint>,
     bytes: usize,
     opened: Instant,
 }
@@ -241,7 +244,7 @@ impl Batcher {
     /// it in a batch yet: the daemon first makes it durable in the spool. Reservations must be
     /// placed, or rolled back, in the order they were made.
     pub fn reserve(&mut self, record: Box<Record>) -> Result<Reserved, StateError> {
-        let fp = fingerprint(record.event_id());
+        let fp = record.fingerprint;
         let day = record.occurred_at.day();
         let prior = match self.pending.get(&fp) {
             Some(d) => Some(*d),
@@ -303,6 +306,7 @@ impl Batcher {
         let batch = self.open.entry(lane.clone()).or_insert_with(|| OpenBatch {
             first_seq: this_seq,
             records: Vec::new(),
+            fingerprints: Vec::new(),
             bytes: 0,
             opened: Instant::now(),
         });
@@ -311,6 +315,7 @@ impl Batcher {
             this_seq,
             "placed out of order"
         );
+        batch.fingerprints.push(record.fingerprint);
         batch.records.push(record);
         batch.bytes += weight;
         if batch.records.len() >= self.limits.max_events || batch.bytes >= self.limits.max_bytes {
@@ -336,14 +341,7 @@ impl Batcher {
         self.open_bytes -= batch.bytes;
         let batch_idx = self.next_batch_idx;
         self.next_batch_idx += 1;
-        self.in_flight.insert(
-            batch_idx,
-            batch
-                .records
-                .iter()
-                .map(|r| fingerprint(r.event_id()))
-                .collect(),
-        );
+        self.in_flight.insert(batch_idx, batch.fingerprints);
         self.closed.push(ClosedBatch {
             batch_idx,
             lane: lane.clone(),

@@ -30,7 +30,6 @@ use tokio::sync::oneshot;
 use crate::archive::Archive;
 use crate::batch::{Batcher, Reserved};
 use crate::event::{EventError, Record};
-use crate::index::fingerprint;
 use crate::pipeline::SealPipeline;
 use crate::spool::Spool;
 use crate::state::Lane;
@@ -384,7 +383,7 @@ impl Sequencer {
                 tracing::error!(error = %e, events = news.len(), "Writing the spool failed; the requests are refused (503) and nothing of them is acknowledged.");
                 let undo: Vec<(Lane, u64, crate::index::Fingerprint)> = news
                     .iter()
-                    .map(|(l, s, r)| (l.clone(), *s, fingerprint(r.event_id())))
+                    .map(|(l, s, r)| (l.clone(), *s, r.fingerprint))
                     .collect();
                 self.batcher.rollback(&undo);
                 let failed: std::collections::HashSet<usize> = owners.iter().copied().collect();

@@ -27,6 +27,7 @@ use serde_json::value::RawValue;
 use sha2::Digest as _;
 
 use crate::canonical::{self, write_string};
+use crate::index::{Fingerprint, fingerprint};
 use crate::merkle::{self, Hash};
 use crate::timestamp::{Day, Timestamp, TimestampError};
 
@@ -874,6 +875,9 @@ pub struct Record {
     pub retention_class: Arc<str>,
     /// SHA-256 of the submitted content, for idempotency.
     pub digest: Hash,
+    /// The `event_id`'s fingerprint in the idempotency index, computed once here (on a parse
+    /// thread) for the sequencer, the batch and the seal that each need it.
+    pub fingerprint: Fingerprint,
     /// The canonical record (see the module docs): the leaf's input. Leaves themselves are
     /// hashed when a batch is sealed, two at a time where the CPU allows
     /// ([`merkle::extend_leaf_hashes`]); [`Record::leaf`] gives one.
@@ -978,6 +982,7 @@ impl Record {
             ingested_at,
             retention_class,
             digest,
+            fingerprint: fingerprint(&event.event_id),
             canonical,
             fields,
         }

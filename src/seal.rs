@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use crate::batch::ClosedBatch;
-use crate::index::{Entry, Index, PendingRun, Seen, fingerprint};
+use crate::index::{Entry, Index, PendingRun, Seen};
 use crate::layout::WriterId;
 use crate::retention::RetentionPolicy;
 use crate::segment::{SegmentHeader, write_segment};
@@ -84,7 +84,7 @@ pub fn seal(
             let expires =
                 Day::from_days_since_epoch(from.days_since_epoch() + ctx.window_days as i32);
             Entry {
-                fingerprint: fingerprint(r.event_id()),
+                fingerprint: r.fingerprint,
                 seen: Seen::new(&r.digest, expires),
             }
         })

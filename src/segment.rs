@@ -64,7 +64,7 @@ pub const ROW_GROUP_ROWS: usize = 131_072;
 /// Rows per data page (small pages make point lookups through the page index cheap).
 pub const PAGE_ROWS: usize = 1_024;
 /// Rows per Arrow record batch handed to the writer.
-const CHUNK_ROWS: usize = 4_096;
+const CHUNK_ROWS: usize = 1_024;
 
 /// What a segment is, as its footer and its manifest both state it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -130,7 +130,7 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
-fn writer_properties(n_rows: usize, info: &SegmentInfo) -> WriterProperties {
+fn writer_properties(n_rows: usize) -> WriterProperties {
     let col = |name: &str| ColumnPath::from(name);
     let rows_per_group = n_rows.clamp(1, ROW_GROUP_ROWS) as u64;
     let mut b = WriterProperties::builder()
@@ -144,8 +144,7 @@ fn writer_properties(n_rows: usize, info: &SegmentInfo) -> WriterProperties {
             column_idx: 0,
             descending: false,
             nulls_first: false,
-        }]))
-        .set_key_value_metadata(Some(footer_metadata(info)));
+        }]));
     for name in ["event_id", "subject_id", "actor_id"] {
         b = b
             .set_column_bloom_filter_enabled(col(name), true)
@@ -215,8 +214,22 @@ pub fn write_segment<R: std::borrow::Borrow<Record>>(
     let records: Vec<&Record> = records.iter().map(|r| r.borrow()).collect();
     let records = records.as_slice();
     assert!(!records.is_empty(), "a segment holds at least one event");
-    let mut leaves = Vec::with_capacity(records.len());
-    merkle::extend_leaf_hashes(&mut leaves, records.iter().map(|r| r.canonical()));
+    let n = records.len();
+    // One pass over the records, a chunk at a time, so that each record's bytes are hashed
+    // and copied into the columns while they are in the cache; the footer's metadata, which
+    // needs the root of all the leaves, is added last.
+    let total: usize = records.iter().map(|r| r.canonical().len()).sum();
+    let mut out = Vec::with_capacity(total / 3 + 4096);
+    let schema = schema();
+    let mut writer = ArrowWriter::try_new(&mut out, schema.clone(), Some(writer_properties(n)))?;
+    let mut leaves = Vec::with_capacity(n);
+    for (chunk_idx, chunk) in records.chunks(CHUNK_ROWS).enumerate() {
+        let at = leaves.len();
+        merkle::extend_leaf_hashes(&mut leaves, chunk.iter().map(|r| r.canonical()));
+        let first = header.first_seq + (chunk_idx * CHUNK_ROWS) as u64;
+        writer.write(&to_record_batch(&schema, first, chunk, &leaves[at..]))?;
+    }
+    let occurred = records.iter().map(|r| r.occurred_at);
     let info = SegmentInfo {
         format_version: FORMAT_VERSION,
         writer: header.writer.clone(),
@@ -224,33 +237,15 @@ pub fn write_segment<R: std::borrow::Borrow<Record>>(
         day: header.day,
         retention_class: header.retention_class.clone(),
         retain_until: header.retain_until,
-        n_events: records.len() as u64,
+        n_events: n as u64,
         first_seq: header.first_seq,
-        last_seq: header.first_seq + records.len() as u64 - 1,
-        first_occurred_at: records
-            .iter()
-            .map(|r| r.occurred_at)
-            .min()
-            .expect("non-empty"),
-        last_occurred_at: records
-            .iter()
-            .map(|r| r.occurred_at)
-            .max()
-            .expect("non-empty"),
+        last_seq: header.first_seq + n as u64 - 1,
+        first_occurred_at: occurred.clone().min().expect("non-empty"),
+        last_occurred_at: occurred.max().expect("non-empty"),
         merkle_root: merkle::root(&leaves),
     };
-    let total: usize = records.iter().map(|r| r.canonical().len()).sum();
-    let mut out = Vec::with_capacity(total / 4 + 4096);
-    let props = writer_properties(records.len(), &info);
-    let schema = schema();
-    let mut writer = ArrowWriter::try_new(&mut out, schema.clone(), Some(props))?;
-    for (chunk_idx, (chunk, chunk_leaves)) in records
-        .chunks(CHUNK_ROWS)
-        .zip(leaves.chunks(CHUNK_ROWS))
-        .enumerate()
-    {
-        let first = header.first_seq + (chunk_idx * CHUNK_ROWS) as u64;
-        writer.write(&to_record_batch(&schema, first, chunk, chunk_leaves))?;
+    for kv in footer_metadata(&info) {
+        writer.append_key_value_metadata(kv);
     }
     writer.close()?;
     let bytes = Bytes::from(out);
