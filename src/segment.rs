@@ -151,12 +151,16 @@ fn writer_properties(n_rows: usize) -> WriterProperties {
             .set_column_bloom_filter_fpp(col(name), 0.01)
             .set_column_bloom_filter_max_ndv(col(name), rows_per_group);
     }
-    // Unique or near-unique columns gain nothing from dictionaries; blobs need no min/max.
+    // Unique or near-unique columns gain nothing from dictionaries (a writer interns every
+    // value until the dictionary outgrows its page, then gives up); blobs need no min/max.
     for name in [
         "seq",
         "event_id",
         "occurred_at",
         "ingested_at",
+        "subject_id",
+        "origin_ip",
+        "correlation_id",
         "payload",
         "canonical",
         "leaf_hash",
