@@ -95,6 +95,36 @@ fn find_special(b: &[u8]) -> Option<usize> {
         .map(|n| i + n)
 }
 
+/// Whether a plain decimal (no sign, no exponent) is its own canonical form: at most 15
+/// significant digits (so the nearest double's shortest form is this decimal again), no
+/// trailing zero after the point, and between 1e-6 and 1e21 (where ECMAScript writes no
+/// exponent).
+fn is_own_canonical_decimal(d: &[u8]) -> bool {
+    let Some(dot) = d.iter().position(|&c| c == b'.') else {
+        return false;
+    };
+    let (int, frac) = (&d[..dot], &d[dot + 1..]);
+    if frac.is_empty()
+        || frac.last() == Some(&b'0')
+        || !int.iter().chain(frac).all(u8::is_ascii_digit)
+    {
+        return false;
+    }
+    let significant = if int == b"0" {
+        let zeros = frac.iter().take_while(|&&c| c == b'0').count();
+        if zeros > 5 {
+            return false;
+        }
+        frac.len() - zeros
+    } else {
+        if int.is_empty() || int[0] == b'0' {
+            return false;
+        }
+        int.len() + frac.len()
+    };
+    significant <= 15
+}
+
 /// Whether `t` is a number as JSON writes one: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]?
 /// [0-9]+)?`.
 fn is_json_number(t: &[u8]) -> bool {
@@ -527,6 +557,10 @@ impl Parser<'_, '_> {
             out.push_str(if digits == "0" { "0" } else { text });
             return Ok(());
         }
+        if is_own_canonical_decimal(digits.as_bytes()) {
+            out.push_str(text);
+            return Ok(());
+        }
         let x: f64 = text
             .parse()
             .map_err(|_| self.err(format!("`{text}` is not a number")))?;
@@ -941,6 +975,68 @@ mod tests {
             canonicalize("9007199254740992").unwrap(),
             "9007199254740992"
         );
+    }
+
+    /// Decimals written as they are (the fast path) are exactly what the double's ECMAScript
+    /// form is, for every shape the fast path takes and the edges it leaves to the slow one.
+    #[test]
+    fn plain_decimals_are_their_own_canonical_form() {
+        let mut rng = crate::bench::Rng::new(5);
+        let mut texts: Vec<String> = [
+            "0.1",
+            "0.000001",
+            "0.0000012",
+            "0.0000001",
+            "123456789012345.5",
+            "12345678901234.5",
+            "999999999999999.9",
+            "1.5",
+            "-2.25",
+            "0.30000000000000004",
+            "100.0",
+            "0.10",
+            "4.35",
+            "0.3",
+            "9007199254740.993",
+            "1e2",
+            "0.5e1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for _ in 0..20_000 {
+            let int = match rng.below(3) {
+                0 => "0".to_string(),
+                _ => {
+                    let len = 1 + rng.below(12) as u32;
+                    (1 + rng.below(10u64.pow(len))).to_string()
+                }
+            };
+            let zeros = "0".repeat(rng.below(8) as usize);
+            let len = 1 + rng.below(10) as u32;
+            let frac = rng.below(10u64.pow(len));
+            let sign = if rng.below(4) == 0 { "-" } else { "" };
+            texts.push(format!("{sign}{int}.{zeros}{frac}"));
+        }
+        let mut fast = 0;
+        for t in &texts {
+            if is_own_canonical_decimal(t.trim_start_matches('-').as_bytes()) {
+                let x: f64 = t.parse().unwrap();
+                assert_eq!(canonicalize(t).unwrap(), format_number(x), "{t}");
+                fast += 1;
+            }
+        }
+        assert!(fast > texts.len() / 3, "{fast} of {}", texts.len());
+        for edge in [
+            "0.0000001",
+            "0.10",
+            "100.0",
+            "1234567890123456.5",
+            "1e2",
+            "0.5e1",
+        ] {
+            assert!(!is_own_canonical_decimal(edge.as_bytes()), "{edge}");
+        }
     }
 
     /// The parser is strict: it refuses every text here that is not JSON (serde_json agrees),
