@@ -1,9 +1,12 @@
 //! The event of wire contract v1: typed parsing, validation, and canonical bytes.
 //!
-//! Parsing is typed (`serde` into borrowed fields) with the payload kept as a raw JSON slice,
-//! which is canonicalized once; a generic `serde_json::Value` would halve throughput. Every
-//! refusal names the field and says why in words an upstream developer can act on, and one
-//! bad event never affects another: parsing is per event, and nothing here panics on input.
+//! An ordinary event is read in one pass: the envelope in place (fields borrowed from the
+//! input) and the payload canonicalized as it is read (`fast`). Anything unusual goes to the
+//! typed `serde` path (borrowed fields, the payload kept as a raw JSON slice and canonicalized
+//! after), which reads it or words the refusal; a generic `serde_json::Value` would halve
+//! throughput. Every refusal names the field and says why in words an upstream developer can
+//! act on, and one bad event never affects another: parsing is per event, and nothing here
+//! panics on input.
 //!
 //! The **canonical record** is the RFC 8785 (JCS) form of the stored event:
 //!
