@@ -223,11 +223,15 @@ pub struct S3Config {
     pub operation_timeout: Option<String>,
 }
 
+/// The largest `events.max_event_bytes` allowed.
+const MAX_EVENT_BYTES_LIMIT: usize = 64 << 20;
+
 /// `[events]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsConfig {
-    /// Largest accepted event (its JSON text), e.g. `"1MiB"`. Default: 1 MiB.
+    /// Largest accepted event (its JSON text), e.g. `"1MiB"`. Default: 1 MiB; at most
+    /// 64 MiB.
     pub max_event_bytes: Option<ByteSize>,
     /// How far in the future `occurred_at` may be, for clock skew, e.g. `"5m"`. Default: 5 min.
     pub max_future_skew: Option<String>,
@@ -698,6 +702,13 @@ impl Settings {
                 "events.max_event_bytes is {max_event_bytes}; at least 1 KiB is needed"
             )));
         }
+        if max_event_bytes > MAX_EVENT_BYTES_LIMIT {
+            return Err(err(format!(
+                "events.max_event_bytes is {max_event_bytes}; at most 64 MiB is allowed (a \
+                 record keeps its fields' places as 32-bit offsets, and an event that large \
+                 belongs in a document store, referenced from the event)"
+            )));
+        }
         let events = EventSettings {
             max_event_bytes,
             max_future_skew: dur(
@@ -1159,6 +1170,9 @@ mod tests {
         );
         assert!(e("[batch]\nmax_age = \"60\"\n").contains("batch.max_age"));
         assert!(e("[events]\nmax_event_bytes = \"1 XB\"\n").contains("unknown size unit"));
+        assert!(e("[events]\nmax_event_bytes = \"65MiB\"\n").contains("at most 64 MiB"));
+        let most = "[events]\nmax_event_bytes = \"64MiB\"\n[server]\nmax_body = \"64MiB\"\n";
+        assert_eq!(load(most, &[]).unwrap().events.max_event_bytes, 64 << 20);
         assert!(e("writer_id = \"Bad_Id\"\n").contains("writer_id"));
         assert!(e("[retention]\ndefault_class = \"nope\"\n").contains("nope"));
         assert!(e("[retention.classes.sec-17a-4-b]\nyears = 2\n").contains("never shortened"));

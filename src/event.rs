@@ -910,6 +910,7 @@ const FIELDS: usize = 10;
 struct FieldSpans {
     /// Byte range of each field's text in the canonical record (between the quotes of a
     /// string; the whole object for the payload). `ABSENT` for a missing optional field.
+    /// Offsets fit in 32 bits: events are at most 64 MiB (`events.max_event_bytes`).
     spans: [(u32, u32); FIELDS],
     actor_type: ActorType,
     source: Source,
@@ -965,16 +966,17 @@ impl Record {
             source: event.source,
             escaped: Vec::new(),
         };
+        let offset = |at: usize| u32::try_from(at).expect("events are at most 64 MiB");
         for (i, literal) in spans.fields.iter().enumerate() {
             let (field, text) = FIELD_ORDER[i];
             let (Some(r), Some(text)) = (literal, text(&view)) else {
                 continue;
             };
             if field == Field::Payload {
-                fields.spans[i] = (r.start as u32, r.end as u32);
+                fields.spans[i] = (offset(r.start), offset(r.end));
             } else if r.len() == text.len() + 2 {
                 // Written as it is, between quotes.
-                fields.spans[i] = (r.start as u32 + 1, r.end as u32 - 1);
+                fields.spans[i] = (offset(r.start) + 1, offset(r.end) - 1);
             } else {
                 fields.spans[i] = ESCAPED;
                 fields.escaped.push((field, Box::from(text)));
