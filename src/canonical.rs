@@ -77,9 +77,10 @@ fn with_parser<T>(
 }
 
 /// Where the first byte of `b` that ends or interrupts a string's plain text is: a quote, a
-/// backslash, or a control character (which JSON allows only escaped).
+/// backslash, or a control character. These are the bytes JSON allows in a string only
+/// escaped and the bytes JCS escapes, so the one scan serves reading and writing strings.
 #[inline]
-fn find_special(b: &[u8]) -> Option<usize> {
+pub(crate) fn find_special(b: &[u8]) -> Option<usize> {
     let mut i = 0;
     while i + 8 <= b.len() {
         if needs_escape(u64::from_le_bytes(
@@ -177,24 +178,10 @@ pub fn write_string(out: &mut String, s: &str) {
     out.push('"');
     let bytes = s.as_bytes();
     let mut start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        // Eight bytes at a time past the common case: nothing to escape.
-        if i + 8 <= bytes.len() {
-            let w = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("eight bytes"));
-            if !needs_escape(w) {
-                i += 8;
-                continue;
-            }
-        }
-        let b = bytes[i];
-        i += 1;
-        if b >= 0x20 && b != b'"' && b != b'\\' {
-            continue;
-        }
-        let i = i - 1;
+    while let Some(n) = find_special(&bytes[start..]) {
+        let i = start + n;
         out.push_str(&s[start..i]);
-        match b {
+        match bytes[i] {
             b'"' => out.push_str("\\\""),
             b'\\' => out.push_str("\\\\"),
             0x08 => out.push_str("\\b"),
@@ -202,7 +189,7 @@ pub fn write_string(out: &mut String, s: &str) {
             0x0a => out.push_str("\\n"),
             0x0c => out.push_str("\\f"),
             0x0d => out.push_str("\\r"),
-            _ => {
+            b => {
                 let _ = write!(out, "\\u{b:04x}");
             }
         }
@@ -214,25 +201,7 @@ pub fn write_string(out: &mut String, s: &str) {
 
 /// True if `s` is its own JCS string content: nothing in it needs an escape.
 pub fn needs_no_escape(s: &str) -> bool {
-    let mut chunks = s.as_bytes().chunks_exact(8);
-    for c in &mut chunks {
-        if needs_escape(u64::from_le_bytes(c.try_into().expect("eight bytes"))) {
-            return false;
-        }
-    }
-    // The last few bytes as one more word: the last eight (some seen already), or for a
-    // short string its bytes padded with a byte that needs no escape.
-    let bytes = s.as_bytes();
-    let word = match bytes.len().checked_sub(8) {
-        Some(start) => u64::from_le_bytes(bytes[start..].try_into().expect("eight bytes")),
-        None => bytes
-            .iter()
-            .enumerate()
-            .fold(u64::from_le_bytes([b'a'; 8]), |w, (i, &b)| {
-                w & !(0xff << (8 * i)) | (b as u64) << (8 * i)
-            }),
-    };
-    !needs_escape(word)
+    find_special(s.as_bytes()).is_none()
 }
 
 /// True if any byte of `w` is below 0x20, `"` or `\\` (exact for every byte value: bytes

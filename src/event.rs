@@ -377,8 +377,8 @@ mod fast {
             }
             let start = self.i + 1;
             let rest = &self.text.as_bytes()[start..];
-            let len = memchr::memchr2(b'"', b'\\', rest)?;
-            if rest[len] != b'"' || rest[..len].iter().any(|&c| c < 0x20) {
+            let len = canonical::find_special(rest)?;
+            if rest[len] != b'"' {
                 return None;
             }
             self.i = start + len + 1;
