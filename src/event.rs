@@ -301,8 +301,8 @@ fn parse_inner<'a>(
     if text.trim().is_empty() {
         return Err(EventError::new(Malformed, None, "empty event"));
     }
-    if let Some((mut wire, payload)) = one_pass.then(|| fast::parse(text)).flatten() {
-        return finish(&mut wire, Some(PayloadIn::Canonical(payload)), limits);
+    if let Some((wire, payload)) = one_pass.then(|| fast::parse(text)).flatten() {
+        return finish(wire, Some(PayloadIn::Canonical(payload)), limits);
     }
     let mut de = serde_json::Deserializer::from_str(text);
     let mut wire = match WireEvent::deserialize(&mut de) {
@@ -325,7 +325,7 @@ fn parse_inner<'a>(
     de.end()
         .map_err(|e| EventError::new(Malformed, None, strip_position(&e)))?;
     let payload = wire.payload.take().map(PayloadIn::Raw);
-    finish(&mut wire, payload, limits)
+    finish(wire, payload, limits)
 }
 
 /// One pass over an event in the common case: the envelope read in place and the payload
@@ -398,32 +398,34 @@ mod fast {
             self.text[self.i..].starts_with("null").then(|| self.i += 4)
         }
 
-        /// The members of an object whose values are texts or `null`: `set` stores one by
-        /// name, or refuses a name it does not know. `None` for `null`.
-        fn object(
+        /// An object whose members are texts or `null` (`actor`, `subject`, `origin`), or
+        /// `null`. `set` stores a member by name in `T`, once (it is handed the bit set of
+        /// members seen), and refuses a name it does not know.
+        fn object<T: Default>(
             &mut self,
-            mut set: impl FnMut(&str, Option<Cow<'a, str>>) -> Option<()>,
-        ) -> Option<Option<()>> {
+            set: impl Fn(&mut T, &mut u32, &str, Option<Cow<'a, str>>) -> Option<()>,
+        ) -> Option<Option<T>> {
             self.ws();
             if self.peek()? == b'n' {
                 return self.null().map(|_| None);
             }
+            let (mut value, mut seen) = (T::default(), 0u32);
             self.eat(b'{')?;
             self.ws();
             if self.peek()? == b'}' {
                 self.i += 1;
-                return Some(Some(()));
+                return Some(Some(value));
             }
             loop {
                 let name = self.plain_string()?;
                 self.eat(b':')?;
-                set(name, self.text_or_null()?)?;
+                set(&mut value, &mut seen, name, self.text_or_null()?)?;
                 self.ws();
                 match self.peek()? {
                     b',' => self.i += 1,
                     b'}' => {
                         self.i += 1;
-                        return Some(Some(()));
+                        return Some(Some(value));
                     }
                     _ => return None,
                 }
@@ -465,35 +467,29 @@ mod fast {
                 }
                 "correlation_id" => once(&mut w.correlation_id, &mut seen, 32, r.text_or_null()?)?,
                 "actor" => {
-                    let mut a = WireActor::default();
-                    let mut inner = 0u32;
-                    let got = r.object(|k, v| match k {
-                        "type" => once(&mut a.kind, &mut inner, 1, v),
-                        "id" => once(&mut a.id, &mut inner, 2, v),
-                        "role" => once(&mut a.role, &mut inner, 4, v),
+                    let a = r.object(|a: &mut WireActor<'_>, seen, k, v| match k {
+                        "type" => once(&mut a.kind, seen, 1, v),
+                        "id" => once(&mut a.id, seen, 2, v),
+                        "role" => once(&mut a.role, seen, 4, v),
                         _ => None,
                     })?;
-                    once(&mut w.actor, &mut seen, 64, got.map(|()| a))?
+                    once(&mut w.actor, &mut seen, 64, a)?
                 }
                 "subject" => {
-                    let mut sj = WireSubject::default();
-                    let mut inner = 0u32;
-                    let got = r.object(|k, v| match k {
-                        "type" => once(&mut sj.kind, &mut inner, 1, v),
-                        "id" => once(&mut sj.id, &mut inner, 2, v),
+                    let s = r.object(|s: &mut WireSubject<'_>, seen, k, v| match k {
+                        "type" => once(&mut s.kind, seen, 1, v),
+                        "id" => once(&mut s.id, seen, 2, v),
                         _ => None,
                     })?;
-                    once(&mut w.subject, &mut seen, 128, got.map(|()| sj))?
+                    once(&mut w.subject, &mut seen, 128, s)?
                 }
                 "origin" => {
-                    let mut o = WireOrigin::default();
-                    let mut inner = 0u32;
-                    let got = r.object(|k, v| match k {
-                        "ip" => once(&mut o.ip, &mut inner, 1, v),
-                        "device" => once(&mut o.device, &mut inner, 2, v),
+                    let o = r.object(|o: &mut WireOrigin<'_>, seen, k, v| match k {
+                        "ip" => once(&mut o.ip, seen, 1, v),
+                        "device" => once(&mut o.device, seen, 2, v),
                         _ => None,
                     })?;
-                    once(&mut w.origin, &mut seen, 256, got.map(|()| o))?
+                    once(&mut w.origin, &mut seen, 256, o)?
                 }
                 "payload" => {
                     r.ws();
@@ -538,29 +534,26 @@ enum PayloadIn<'a> {
     Canonical(String),
 }
 
-/// Validates what was read.
+/// Validates what was read; every refusal after the `event_id` names it.
 fn finish<'a>(
-    wire: &mut WireEvent<'a>,
+    mut wire: WireEvent<'a>,
     payload: Option<PayloadIn<'a>>,
     limits: &Limits,
 ) -> Result<Event<'a>, EventError> {
     let event_id = required(wire.event_id.take(), "event_id")?;
     check_id(&event_id, "event_id", RejectKind::InvalidEventId)?;
-    let with_id = |mut e: EventError| {
+    build(wire, &event_id, payload, limits).map_err(|mut e| {
         e.event_id = Some(event_id.to_string());
         e
-    };
-    build(std::mem::take(wire), payload, limits)
-        .map(|build| build(event_id.clone()))
-        .map_err(with_id)
+    })
 }
 
-/// Validates everything but the `event_id`; the result takes it.
 fn build<'a>(
     wire: WireEvent<'a>,
+    event_id: &Cow<'a, str>,
     payload: Option<PayloadIn<'a>>,
     limits: &Limits,
-) -> Result<impl FnOnce(Cow<'a, str>) -> Event<'a>, EventError> {
+) -> Result<Event<'a>, EventError> {
     use RejectKind::*;
     let occurred_raw = required(wire.occurred_at, "occurred_at")?;
     let occurred_at = Timestamp::parse_rfc3339(&occurred_raw).map_err(|e: TimestampError| {
@@ -675,24 +668,29 @@ fn build<'a>(
         .map(|c| check_id(&c, "correlation_id", InvalidValue).map(|_| c))
         .transpose()?;
 
-    let done = move |payload: String| {
-        move |event_id| Event {
-            event_id,
-            occurred_at,
-            actor,
-            action,
-            subject,
-            origin,
-            source,
-            retention_class,
-            correlation_id,
-            payload,
-        }
+    let payload = match payload.ok_or_else(|| missing("payload"))? {
+        PayloadIn::Canonical(payload) => payload,
+        PayloadIn::Raw(raw) => canonical_payload(raw.get())?,
     };
-    let raw = match payload.ok_or_else(|| missing("payload"))? {
-        PayloadIn::Canonical(payload) => return Ok(done(payload)),
-        PayloadIn::Raw(raw) => raw.get(),
-    };
+    Ok(Event {
+        // Borrowed (a pointer copied) unless the id was written with escapes.
+        event_id: event_id.clone(),
+        occurred_at,
+        actor,
+        action,
+        subject,
+        origin,
+        source,
+        retention_class,
+        correlation_id,
+        payload,
+    })
+}
+
+/// The canonical form of a payload read by `serde` (the one-pass reader canonicalizes as it
+/// reads).
+fn canonical_payload(raw: &str) -> Result<String, EventError> {
+    use RejectKind::*;
     if !raw.starts_with('{') {
         let got = match raw.as_bytes()[0] {
             b'[' => "an array",
@@ -710,7 +708,7 @@ fn build<'a>(
     let mut payload = String::with_capacity(raw.len());
     canonical::canonicalize_into(raw, "payload", &mut payload)
         .map_err(|e| EventError::field(InvalidValue, &e.path, e.reason))?;
-    Ok(done(payload))
+    Ok(payload)
 }
 
 fn missing(field: &str) -> EventError {
@@ -967,9 +965,9 @@ impl Record {
             escaped: Vec::new(),
         };
         let offset = |at: usize| u32::try_from(at).expect("events are at most 64 MiB");
-        for (i, literal) in spans.fields.iter().enumerate() {
-            let (field, text) = FIELD_ORDER[i];
-            let (Some(r), Some(text)) = (literal, text(&view)) else {
+        for (field, literal) in Field::ALL.into_iter().zip(&spans.fields) {
+            let i = field as usize;
+            let (Some(r), Some(text)) = (literal, field.of(&view)) else {
                 continue;
             };
             if field == Field::Payload {
@@ -1221,27 +1219,43 @@ pub fn write_canonical(
 
 /// Where things were written: the members the content digest leaves out or replaces, as
 /// byte ranges including their leading comma, and each string field's literal (quotes
-/// included; the payload's whole text), in [`FIELD_ORDER`].
+/// included; the payload's whole text), by [`Field`].
 struct Spans {
     ingested_at: Option<std::ops::Range<usize>>,
     retention_class: Option<std::ops::Range<usize>>,
     fields: [Option<std::ops::Range<usize>>; FIELDS],
 }
 
-/// The string fields of a view, in the order of [`Field`].
-type FieldText = for<'a> fn(&RecordView<'a>) -> Option<&'a str>;
-const FIELD_ORDER: [(Field, FieldText); FIELDS] = [
-    (Field::EventId, |v| Some(v.event_id)),
-    (Field::ActorId, |v| Some(v.actor_id)),
-    (Field::ActorRole, |v| v.actor_role),
-    (Field::Action, |v| Some(v.action)),
-    (Field::SubjectType, |v| Some(v.subject_type)),
-    (Field::SubjectId, |v| Some(v.subject_id)),
-    (Field::OriginIp, |v| v.origin_ip),
-    (Field::OriginDevice, |v| v.origin_device),
-    (Field::CorrelationId, |v| v.correlation_id),
-    (Field::Payload, |v| Some(v.payload)),
-];
+impl Field {
+    const ALL: [Field; FIELDS] = [
+        Field::EventId,
+        Field::ActorId,
+        Field::ActorRole,
+        Field::Action,
+        Field::SubjectType,
+        Field::SubjectId,
+        Field::OriginIp,
+        Field::OriginDevice,
+        Field::CorrelationId,
+        Field::Payload,
+    ];
+
+    /// This field's text in a view.
+    fn of<'a>(self, v: &RecordView<'a>) -> Option<&'a str> {
+        match self {
+            Field::EventId => Some(v.event_id),
+            Field::ActorId => Some(v.actor_id),
+            Field::ActorRole => v.actor_role,
+            Field::Action => Some(v.action),
+            Field::SubjectType => Some(v.subject_type),
+            Field::SubjectId => Some(v.subject_id),
+            Field::OriginIp => v.origin_ip,
+            Field::OriginDevice => v.origin_device,
+            Field::CorrelationId => v.correlation_id,
+            Field::Payload => Some(v.payload),
+        }
+    }
+}
 
 /// Writes the JCS form of a record view.
 pub fn write_view(v: &RecordView<'_>, out: &mut String) {
@@ -1382,28 +1396,28 @@ fn write_view_spans(v: &RecordView<'_>, out: &mut impl JsonSink) -> Spans {
         retention_class: None,
         fields: Default::default(),
     };
-    let mut string = |out: &mut dyn JsonSink, f: Field, s: &str| {
+    fn string<S: JsonSink>(out: &mut S, spans: &mut Spans, f: Field, s: &str) {
         let start = out.pos();
         out.string(s);
         spans.fields[f as usize] = Some(start..out.pos());
-    };
+    }
     out.raw("{\"action\":");
-    string(out, Field::Action, v.action);
+    string(out, &mut spans, Field::Action, v.action);
     out.raw(",\"actor\":{\"id\":");
-    string(out, Field::ActorId, v.actor_id);
+    string(out, &mut spans, Field::ActorId, v.actor_id);
     if let Some(role) = v.actor_role {
         out.raw(",\"role\":");
-        string(out, Field::ActorRole, role);
+        string(out, &mut spans, Field::ActorRole, role);
     }
     out.raw(",\"type\":");
     out.string(v.actor_type);
     out.raw("}");
     if let Some(c) = v.correlation_id {
         out.raw(",\"correlation_id\":");
-        string(out, Field::CorrelationId, c);
+        string(out, &mut spans, Field::CorrelationId, c);
     }
     out.raw(",\"event_id\":");
-    string(out, Field::EventId, v.event_id);
+    string(out, &mut spans, Field::EventId, v.event_id);
     let ingested_at = v.ingested_at.map(|t| {
         let start = out.pos();
         out.raw(",\"ingested_at\":\"");
@@ -1418,14 +1432,14 @@ fn write_view_spans(v: &RecordView<'_>, out: &mut impl JsonSink) -> Spans {
         out.raw(",\"origin\":{");
         if let Some(d) = v.origin_device {
             out.raw("\"device\":");
-            string(out, Field::OriginDevice, d);
+            string(out, &mut spans, Field::OriginDevice, d);
         }
         if let Some(ip) = v.origin_ip {
             if v.origin_device.is_some() {
                 out.raw(",");
             }
             out.raw("\"ip\":");
-            string(out, Field::OriginIp, ip);
+            string(out, &mut spans, Field::OriginIp, ip);
         }
         out.raw("}");
     }
@@ -1442,9 +1456,9 @@ fn write_view_spans(v: &RecordView<'_>, out: &mut impl JsonSink) -> Spans {
     out.raw(",\"source\":");
     out.string(v.source);
     out.raw(",\"subject\":{\"id\":");
-    string(out, Field::SubjectId, v.subject_id);
+    string(out, &mut spans, Field::SubjectId, v.subject_id);
     out.raw(",\"type\":");
-    string(out, Field::SubjectType, v.subject_type);
+    string(out, &mut spans, Field::SubjectType, v.subject_type);
     out.raw("}}");
     spans.ingested_at = ingested_at;
     spans.retention_class = retention_class;
