@@ -32,6 +32,7 @@ use sha2::Digest as _;
 use crate::canonical::{self, write_string};
 use crate::index::{Fingerprint, fingerprint};
 use crate::merkle::{self, Hash};
+use crate::retention::RetentionPolicy;
 use crate::timestamp::{Day, Timestamp, TimestampError};
 
 /// Who acted.
@@ -258,6 +259,41 @@ pub const MAX_TEXT_LEN: usize = 256;
 /// Parses and validates one event from its JSON text.
 pub fn parse_event<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Event<'a>, EventError> {
     parse_with(bytes, limits, true)
+}
+
+/// An event accepted by the parser and given its retention class: what the import and the
+/// daemon do with each event they read, before idempotency and batching.
+pub struct Admissible {
+    pub record: Record,
+    /// Set when an explicit retention class was lengthened by the rules.
+    pub note: Option<String>,
+}
+
+/// Parses one event, resolves its retention class and makes it a record ingested at
+/// `ingested_at`. An unknown explicit class is refused as an invalid `retention_class`.
+pub fn parse_record(
+    bytes: &[u8],
+    limits: &Limits,
+    retention: &RetentionPolicy,
+    ingested_at: Timestamp,
+) -> Result<Admissible, EventError> {
+    let event = parse_event(bytes, limits)?;
+    match retention.resolve(
+        &event.action,
+        event.retention_class.as_deref(),
+        event.occurred_at,
+    ) {
+        Err(reason) => Err(EventError {
+            kind: RejectKind::InvalidValue,
+            field: Some("retention_class".into()),
+            reason,
+            event_id: Some(event.event_id.into_owned()),
+        }),
+        Ok(res) => Ok(Admissible {
+            record: Record::new(event, ingested_at, res.class),
+            note: res.note,
+        }),
+    }
 }
 
 /// [`parse_event`], with or without trying the one-pass reader first.

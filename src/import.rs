@@ -25,7 +25,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::archive::Archive;
 use crate::batch::{Admission, Batcher};
-use crate::event::{EventError, Record, RejectKind, parse_event};
+use crate::event::{EventError, Record, RejectKind, parse_record};
 use crate::pipeline::SealPipeline;
 use crate::timestamp::Timestamp;
 use crate::upload::Uploaded;
@@ -398,35 +398,18 @@ fn parse_worker(
                     },
                 },
                 LineRef::Text { line, start, end } => {
-                    let bytes = &chunk.data[start..end];
-                    match parse_event(bytes, &limits) {
+                    match parse_record(
+                        &chunk.data[start..end],
+                        &limits,
+                        &retention,
+                        Timestamp::now(),
+                    ) {
                         Err(error) => Item::Err { line, error },
-                        Ok(event) => {
-                            match retention.resolve(
-                                &event.action,
-                                event.retention_class.as_deref(),
-                                event.occurred_at,
-                            ) {
-                                Err(reason) => Item::Err {
-                                    line,
-                                    error: EventError {
-                                        kind: RejectKind::InvalidValue,
-                                        field: Some("retention_class".into()),
-                                        reason,
-                                        event_id: Some(event.event_id.into_owned()),
-                                    },
-                                },
-                                Ok(res) => Item::Ok {
-                                    line,
-                                    record: Box::new(Record::new(
-                                        event,
-                                        Timestamp::now(),
-                                        res.class,
-                                    )),
-                                    note: res.note,
-                                },
-                            }
-                        }
+                        Ok(a) => Item::Ok {
+                            line,
+                            record: Box::new(a.record),
+                            note: a.note,
+                        },
                     }
                 }
             })

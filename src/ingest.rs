@@ -41,7 +41,7 @@ use tokio::sync::oneshot;
 
 use crate::auth::{Auth, Refusal, Role};
 use crate::daemon::{Command, EventOutcome, FlushReply, IngestReply, Item};
-use crate::event::{EventError, Limits, Record, RejectKind, parse_event};
+use crate::event::{Limits, RejectKind, parse_record};
 use crate::import::CONFLICT_REASON;
 use crate::retention::RetentionPolicy;
 use crate::timestamp::{Day, Timestamp};
@@ -222,38 +222,17 @@ fn parse_body(
     let mut slots = Vec::new();
     let mut items = Vec::new();
     let mut push = |index: usize, line: Option<usize>, bytes: &[u8]| {
-        let (event_id, item) = match parse_event(bytes, &limits) {
-            Err(e) => (e.event_id.clone(), Item::Rejected(e)),
-            Ok(event) => match shared.retention.resolve(
-                &event.action,
-                event.retention_class.as_deref(),
-                event.occurred_at,
-            ) {
-                Err(reason) => {
-                    let id = event.event_id.into_owned();
-                    (
-                        Some(id.clone()),
-                        Item::Rejected(EventError {
-                            kind: RejectKind::InvalidValue,
-                            field: Some("retention_class".into()),
-                            reason,
-                            event_id: Some(id),
-                        }),
-                    )
-                }
-                Ok(res) => {
-                    let id = event.event_id.to_string();
-                    let record = Record::new(event, Timestamp::now(), res.class);
-                    (
-                        Some(id),
-                        Item::Event {
-                            record: Box::new(record),
-                            note: res.note,
-                        },
-                    )
-                }
-            },
-        };
+        let (event_id, item) =
+            match parse_record(bytes, &limits, &shared.retention, Timestamp::now()) {
+                Err(e) => (e.event_id.clone(), Item::Rejected(e)),
+                Ok(a) => (
+                    Some(a.record.event_id().to_owned()),
+                    Item::Event {
+                        record: Box::new(a.record),
+                        note: a.note,
+                    },
+                ),
+            };
         slots.push(Slot {
             index,
             line,
@@ -781,6 +760,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::EventError;
     use crate::state::Lane;
 
     #[test]
