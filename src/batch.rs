@@ -104,9 +104,6 @@ struct OpenBatch {
         reason = "records arrive boxed from the parse threads; moving pointers is the point"
     )]
     records: Vec<Box<Record>>,
-    /// The records' fingerprints, kept as they are placed: on closing they become the
-    /// in-flight set without another pass over the records.
-    fingerprints: Vec<Fingerprint>,
     bytes: usize,
     opened: Instant,
 }
@@ -306,7 +303,6 @@ impl Batcher {
         let batch = self.open.entry(lane.clone()).or_insert_with(|| OpenBatch {
             first_seq: this_seq,
             records: Vec::new(),
-            fingerprints: Vec::new(),
             bytes: 0,
             opened: Instant::now(),
         });
@@ -315,7 +311,6 @@ impl Batcher {
             this_seq,
             "placed out of order"
         );
-        batch.fingerprints.push(record.fingerprint);
         batch.records.push(record);
         batch.bytes += weight;
         if batch.records.len() >= self.limits.max_events || batch.bytes >= self.limits.max_bytes {
@@ -341,7 +336,10 @@ impl Batcher {
         self.open_bytes -= batch.bytes;
         let batch_idx = self.next_batch_idx;
         self.next_batch_idx += 1;
-        self.in_flight.insert(batch_idx, batch.fingerprints);
+        self.in_flight.insert(
+            batch_idx,
+            batch.records.iter().map(|r| r.fingerprint).collect(),
+        );
         self.closed.push(ClosedBatch {
             batch_idx,
             lane: lane.clone(),
