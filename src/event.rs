@@ -1407,6 +1407,11 @@ impl JsonSink for Matcher<'_> {
         if !self.ok {
             return;
         }
+        // Beyond four-digit years the text wraps: 10,000 years later would read the same.
+        if !t.has_four_digit_year() {
+            self.ok = false;
+            return;
+        }
         let day = t.day();
         let k = &mut *self.kept;
         let date = match k.days.iter().flatten().find(|(d, _)| *d == day) {
@@ -1532,6 +1537,15 @@ mod tests {
             }
             assert!(!view_matches(&v, &bytes[..bytes.len() - 1]));
             assert!(!view_matches(&v, &[bytes, b" "].concat()));
+            // A timestamp column 10,000 years off (25 Gregorian cycles of 146,097 days)
+            // would write the same text, year wrapped; it is a mismatch.
+            let days = 25 * 146_097 * 86_400 * 1_000_000i64;
+            for shifted in [at.plus_micros(days), at.plus_micros(-days)] {
+                assert_eq!(shifted.date_text(), at.date_text());
+                let mut w = v;
+                w.ingested_at = Some(shifted);
+                assert!(!view_matches(&w, bytes), "{shifted:?}");
+            }
         }
     }
 

@@ -49,6 +49,14 @@ impl Timestamp {
         self.0
     }
 
+    /// Whether the instant's RFC 3339 text has a four-digit year (0000-9999), as every
+    /// parsed timestamp's has: outside, [`Timestamp::date_text`] wraps the year, and two
+    /// instants 10,000 years apart would read the same.
+    pub const fn has_four_digit_year(self) -> bool {
+        // 0000-01-01T00:00:00Z and 10000-01-01T00:00:00Z.
+        -62_167_219_200_000_000 <= self.0 && self.0 < 253_402_300_800_000_000
+    }
+
     pub fn now() -> Self {
         Self::from_datetime(Utc::now())
     }
@@ -205,8 +213,8 @@ impl Timestamp {
     }
 
     /// `YYYY-MM-DD`: the text of the UTC day. Accepted events lie in years 0001-9999; any
-    /// other instant (a tampered segment's column, say, which a full sweep formats to compare)
-    /// gets its year modulo 10000 rather than a panic.
+    /// other instant gets its year modulo 10000 rather than a panic, so text compared for
+    /// equality must come from instants that [`Timestamp::has_four_digit_year`].
     pub fn date_text(self) -> [u8; 10] {
         let (y, m, d) = civil_from_days(self.0.div_euclid(DAY_MICROS));
         let y = y.rem_euclid(10_000) as u32;
@@ -385,6 +393,11 @@ mod tests {
             assert_eq!(text.len(), 27, "{micros}: {text}");
         }
         assert_eq!(&Timestamp::from_micros(0).date_text(), b"1970-01-01");
+        let first = ts("0000-01-01T00:00:00Z");
+        let last = ts("9999-12-31T23:59:59.999999Z");
+        assert!(first.has_four_digit_year() && last.has_four_digit_year());
+        assert!(!first.plus_micros(-1).has_four_digit_year());
+        assert!(!last.plus_micros(1).has_four_digit_year());
     }
 
     fn ts(s: &str) -> Timestamp {
