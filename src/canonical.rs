@@ -63,16 +63,17 @@ fn with_parser<T>(
 ) -> Result<T, CanonicalError> {
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.take();
-        scratch.path.clear();
         let result = f(&mut Parser {
             src,
             i: start,
-            root,
             max_depth,
             scratch: &mut scratch,
         });
         SCRATCH.set(scratch);
-        result
+        result.map_err(|mut e| {
+            e.path.insert_str(0, root);
+            e
+        })
     })
 }
 
@@ -83,10 +84,13 @@ fn with_parser<T>(
 pub(crate) fn find_special(b: &[u8]) -> Option<usize> {
     let mut i = 0;
     while i + 8 <= b.len() {
-        if needs_escape(u64::from_le_bytes(
+        let hits = special_bytes(u64::from_le_bytes(
             b[i..i + 8].try_into().expect("eight bytes"),
-        )) {
-            break;
+        ));
+        if hits != 0 {
+            // The lowest flagged byte is exact: only bytes above a match can be flagged
+            // falsely (by the borrow out of it).
+            return Some(i + hits.trailing_zeros() as usize / 8);
         }
         i += 8;
     }
@@ -204,15 +208,16 @@ pub fn needs_no_escape(s: &str) -> bool {
     find_special(s.as_bytes()).is_none()
 }
 
-/// True if any byte of `w` is below 0x20, `"` or `\\` (exact for every byte value: bytes
-/// of 0x80 and above never match).
+/// The high bit of each byte of `w` (little-endian) that may be below 0x20, `"` or `\\`:
+/// zero exactly when none is (bytes of 0x80 and above never match), and the lowest bit set,
+/// if any, marks the first such byte.
 #[inline]
-fn needs_escape(w: u64) -> bool {
+fn special_bytes(w: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH;
     let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    (below(w, 0x20) | zero(w ^ (ONES * b'"' as u64)) | zero(w ^ (ONES * b'\\' as u64))) != 0
+    below(w, 0x20) | zero(w ^ (ONES * b'"' as u64)) | zero(w ^ (ONES * b'\\' as u64))
 }
 
 /// Compares member names as RFC 8785 requires: by UTF-16 code units.
@@ -369,7 +374,6 @@ impl Decimal {
 #[derive(Default)]
 struct Scratch {
     frames: Vec<Frame>,
-    path: Vec<Seg>,
 }
 
 #[derive(Default)]
@@ -381,7 +385,17 @@ struct Frame {
 
 struct Member {
     key: Key,
+    /// The name's first eight bytes, big-endian, zero-padded: names whose prefixes differ
+    /// are in the prefixes' order, so most comparisons in a sort need not read the names.
+    prefix: u64,
     value: std::ops::Range<usize>,
+}
+
+fn name_prefix(name: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    let n = name.len().min(8);
+    word[..n].copy_from_slice(&name[..n]);
+    u64::from_be_bytes(word)
 }
 
 /// A member name: a slice of the input (no escapes) or a decoded copy.
@@ -401,15 +415,9 @@ fn key_of<'k>(src: &'k str, key: &'k Key) -> &'k str {
     }
 }
 
-enum Seg {
-    Key(Key),
-    Index(usize),
-}
-
 struct Parser<'a, 's> {
     src: &'a str,
     i: usize,
-    root: &'a str,
     /// Nesting deeper than this is refused.
     max_depth: usize,
     scratch: &'s mut Scratch,
@@ -430,21 +438,12 @@ impl Parser<'_, '_> {
         key_of(self.src, key)
     }
 
+    /// An error at the value being read. Its path is empty here: each enclosing array and
+    /// object puts its step in front as the error leaves it, and the root name goes first,
+    /// so reading that succeeds keeps no path at all.
     fn err(&self, reason: impl Into<String>) -> CanonicalError {
-        let mut path = self.root.to_owned();
-        for seg in &self.scratch.path {
-            match seg {
-                Seg::Key(k) => {
-                    path.push('.');
-                    path.push_str(self.key_str(k));
-                }
-                Seg::Index(i) => {
-                    let _ = write!(path, "[{i}]");
-                }
-            }
-        }
         CanonicalError {
-            path,
+            path: String::new(),
             reason: reason.into(),
         }
     }
@@ -658,10 +657,11 @@ impl Parser<'_, '_> {
             if idx > 0 {
                 out.push(',');
             }
-            self.scratch.path.push(Seg::Index(idx));
             self.ws();
-            self.value(out, depth + 1)?;
-            self.scratch.path.pop();
+            self.value(out, depth + 1).map_err(|mut e| {
+                e.path.insert_str(0, &format!("[{idx}]"));
+                e
+            })?;
             self.ws();
             match self.peek() {
                 Some(b',') => self.i += 1,
@@ -705,15 +705,13 @@ impl Parser<'_, '_> {
             self.ws();
             self.expect(b':')?;
             self.ws();
-            let path_key = match &key {
-                Key::Raw(r) => Key::Raw(r.clone()),
-                Key::Decoded(s) => Key::Decoded(s.clone()),
-            };
-            self.scratch.path.push(Seg::Key(path_key));
             let start = frame.values.len();
-            self.value(&mut frame.values, depth + 1)?;
-            self.scratch.path.pop();
+            if let Err(mut e) = self.value(&mut frame.values, depth + 1) {
+                e.path.insert_str(0, &format!(".{}", self.key_str(&key)));
+                return Err(e);
+            }
             frame.members.push(Member {
+                prefix: name_prefix(self.key_str(&key).as_bytes()),
                 key,
                 value: start..frame.values.len(),
             });
@@ -740,16 +738,16 @@ impl Parser<'_, '_> {
                 .sort_by(|a, b| cmp_utf16(key_of(src, &a.key), key_of(src, &b.key)));
         } else {
             frame.members.sort_by(|a, b| {
-                key_of(src, &a.key)
-                    .as_bytes()
-                    .cmp(key_of(src, &b.key).as_bytes())
+                a.prefix.cmp(&b.prefix).then_with(|| {
+                    key_of(src, &a.key)
+                        .as_bytes()
+                        .cmp(key_of(src, &b.key).as_bytes())
+                })
             });
         }
-        if let Some(w) = frame
-            .members
-            .windows(2)
-            .find(|w| key_of(src, &w[0].key) == key_of(src, &w[1].key))
-        {
+        if let Some(w) = frame.members.windows(2).find(|w| {
+            w[0].prefix == w[1].prefix && key_of(src, &w[0].key) == key_of(src, &w[1].key)
+        }) {
             let dup = key_of(src, &w[0].key).to_owned();
             return Err(self.err(format!(
                 "the member name {dup:?} appears more than once; a record must say one thing"
@@ -840,6 +838,21 @@ mod tests {
         }
     }
 
+    /// Names that share their first eight bytes, or differ only by a trailing NUL (which
+    /// pads like nothing at all), still sort by all their bytes, and a repeated long name is
+    /// still found.
+    #[test]
+    fn names_sharing_a_prefix_sort_by_all_their_bytes() {
+        let input = r#"{"abcdefghi":1,"abcdefgh\u0000":2,"ab\u0000":3,"abcdefgh":4,"ab":5,"abcdefgha":6}"#;
+        assert_eq!(
+            canonicalize(input).unwrap(),
+            r#"{"ab":5,"ab\u0000":3,"abcdefgh":4,"abcdefgh\u0000":2,"abcdefgha":6,"abcdefghi":1}"#
+        );
+        let repeated = r#"{"abcdefgh_x":1,"abcdefgh_y":2,"abcdefgh_x":3}"#;
+        let e = canonicalize(repeated).unwrap_err();
+        assert!(e.reason.contains("abcdefgh_x"), "{e}");
+    }
+
     #[test]
     fn rfc8785_sorting_and_strings() {
         // RFC 8785 §3.2.3: sorting by UTF-16 code units.
@@ -879,6 +892,30 @@ mod tests {
             canonicalize(r#""\u20ac$\u000F\u000aA'\u0042\u0022\u005c\\\"\/""#).unwrap(),
             "\"€$\\u000f\\nA'B\\\"\\\\\\\\\\\"/\""
         );
+    }
+
+    /// `find_special` finds the first byte a string holds only escaped, wherever two bytes
+    /// next to each other (specials, their neighbours, bytes with the high bit) fall in or
+    /// across an eight-byte word; a borrow out of one match must not hide or move it.
+    #[test]
+    fn find_special_finds_the_first_special_byte() {
+        let rule = |b: &[u8]| b.iter().position(|&c| c < 0x20 || c == b'"' || c == b'\\');
+        let bytes: Vec<u8> = (0..=0x23)
+            .chain(0x5b..=0x5d)
+            .chain([0x7f, 0x80, 0x81, 0xdc, 0xff])
+            .collect();
+        for len in [7, 8, 9, 16, 17] {
+            for at in 0..len - 1 {
+                for &x in &bytes {
+                    for &y in &bytes {
+                        let mut b = vec![b'a'; len];
+                        b[at] = x;
+                        b[at + 1] = y;
+                        assert_eq!(find_special(&b), rule(&b), "{b:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -921,6 +958,8 @@ mod tests {
         let e = canonicalize(r#"{"order":{"qty":12345678901234567890}}"#).unwrap_err();
         assert_eq!(e.path, "$.order.qty");
         assert!(e.reason.contains("send it as a string"), "{e}");
+        let e = canonicalize(r#"{"a":[1,{"b":[{"c":[2,3,1e999]}]}]}"#).unwrap_err();
+        assert_eq!(e.path, "$.a[1].b[0].c[2]");
         assert!(canonicalize("1e400").is_err());
         assert!(
             canonicalize(r#"{"a":1,"a":2}"#)
