@@ -843,7 +843,8 @@ mod tests {
     /// still found.
     #[test]
     fn names_sharing_a_prefix_sort_by_all_their_bytes() {
-        let input = r#"{"abcdefghi":1,"abcdefgh\u0000":2,"ab\u0000":3,"abcdefgh":4,"ab":5,"abcdefgha":6}"#;
+        let input =
+            r#"{"abcdefghi":1,"abcdefgh\u0000":2,"ab\u0000":3,"abcdefgh":4,"ab":5,"abcdefgha":6}"#;
         assert_eq!(
             canonicalize(input).unwrap(),
             r#"{"ab":5,"ab\u0000":3,"abcdefgh":4,"abcdefgh\u0000":2,"abcdefgha":6,"abcdefghi":1}"#

@@ -230,7 +230,7 @@ pub fn import(
         let spawn = |name: String| std::thread::Builder::new().name(name);
         let reader = spawn("wv-read".into())
             .spawn_scoped(scope, move || {
-                read_chunks(input, max_line, chunk_tx, spare_rx)
+                read_chunks(input, max_line, CHUNK_BYTES, chunk_tx, spare_rx)
             })
             .expect("thread");
         for n in 0..workers {
@@ -431,31 +431,45 @@ fn parse_worker(
 
 /// Splits the input into chunks of whole lines. A line longer than `max_line` is not held in
 /// memory: it is skipped up to its newline and reported as too large.
+///
+/// The input is read straight into the chunk buffers, which go round between this thread and
+/// the parse workers at their full length: a chunk's text is its first `bytes` bytes, and the
+/// rest is whatever an earlier chunk left there. Reading through a separate buffer, or
+/// zeroing a buffer again before each use, copied or wrote every byte of the input once more.
 fn read_chunks(
     mut input: Box<dyn Read + Send>,
     max_line: usize,
+    chunk_bytes: usize,
     tx: Sender<Chunk>,
     spare: Receiver<Vec<u8>>,
 ) -> std::io::Result<()> {
+    const READ_BYTES: usize = 256 * 1024;
+    let fresh = || vec![0u8; chunk_bytes + READ_BYTES];
     let mut no = 0u64;
     let mut line = 0u64;
-    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_BYTES * 2);
+    let mut buf = fresh();
+    // `buf[..filled]` holds input not yet sent: whole lines, then at most a partial one.
+    let mut filled = 0;
     let mut eof = false;
     let mut pending_too_long: Vec<LineRef> = Vec::new();
     let mut skipping: Option<u64> = None; // bytes of an over-long line seen so far
-    let mut read_buf = vec![0u8; 256 * 1024];
-    // Whether `buf` holds a complete line (it never does right after a cut).
+    // Whether `buf[..filled]` holds a complete line (it never does right after a cut).
     let mut has_newline = false;
-    while !eof || !buf.is_empty() || !pending_too_long.is_empty() {
-        while !eof && (buf.len() < CHUNK_BYTES || !has_newline) {
-            let n = input.read(&mut read_buf)?;
+    while !eof || filled > 0 || !pending_too_long.is_empty() {
+        while !eof && (filled < chunk_bytes || !has_newline) {
+            if buf.len() < filled + READ_BYTES {
+                // A line longer than a chunk (up to `max_line`) needs room.
+                buf.resize(filled + READ_BYTES, 0);
+            }
+            let mut n = input.read(&mut buf[filled..filled + READ_BYTES])?;
             if n == 0 {
                 eof = true;
                 break;
             }
-            let mut data = &read_buf[..n];
             if let Some(seen) = skipping {
-                match memchr::memchr(b'\n', data) {
+                // Skipping starts with nothing held, so the new bytes are at the start.
+                debug_assert_eq!(filled, 0);
+                match memchr::memchr(b'\n', &buf[..n]) {
                     None => {
                         skipping = Some(seen + n as u64);
                         continue;
@@ -467,15 +481,16 @@ fn read_chunks(
                             len: seen + i as u64,
                         });
                         skipping = None;
-                        data = &data[i + 1..];
+                        buf.copy_within(i + 1..n, 0);
+                        n -= i + 1;
                     }
                 }
             }
-            has_newline |= memchr::memchr(b'\n', data).is_some();
-            buf.extend_from_slice(data);
-            if !has_newline && buf.len() > max_line + 1 {
-                skipping = Some(buf.len() as u64);
-                buf.clear();
+            has_newline |= memchr::memchr(b'\n', &buf[filled..filled + n]).is_some();
+            filled += n;
+            if !has_newline && filled > max_line + 1 {
+                skipping = Some(filled as u64);
+                filled = 0;
             }
         }
         if eof && skipping.is_some() {
@@ -486,9 +501,9 @@ fn read_chunks(
             });
         }
         let cut = if eof {
-            buf.len()
+            filled
         } else {
-            memchr::memrchr(b'\n', &buf).map_or(0, |i| i + 1)
+            memchr::memrchr(b'\n', &buf[..filled]).map_or(0, |i| i + 1)
         };
         if cut == 0 && pending_too_long.is_empty() {
             if eof {
@@ -496,25 +511,20 @@ fn read_chunks(
             }
             continue;
         }
-        // The next chunk's buffer starts with the partial line after the cut, and has room
-        // for a whole chunk, so that filling it does not reallocate.
-        let room = CHUNK_BYTES + read_buf.len() + (buf.len() - cut);
-        let mut next = match spare.try_recv() {
-            Ok(mut v) => {
-                v.clear();
-                v.reserve(room);
-                v
-            }
-            Err(_) => Vec::with_capacity(room),
-        };
-        next.extend_from_slice(&buf[cut..]);
-        buf.truncate(cut);
+        // The next chunk's buffer starts with the partial line after the cut.
+        let mut next = spare.try_recv().unwrap_or_else(|_| fresh());
+        let rest = filled - cut;
+        if next.len() < rest + READ_BYTES {
+            next.resize(rest + READ_BYTES, 0);
+        }
+        next[..rest].copy_from_slice(&buf[cut..filled]);
+        filled = rest;
         let data = std::mem::replace(&mut buf, next);
         has_newline = false;
         let mut lines = std::mem::take(&mut pending_too_long);
         let mut start = 0;
-        while start < data.len() {
-            let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |i| start + i);
+        while start < cut {
+            let end = memchr::memchr(b'\n', &data[start..cut]).map_or(cut, |i| start + i);
             line += 1;
             let mut e = end;
             if e > start && data[e - 1] == b'\r' {
@@ -536,7 +546,7 @@ fn read_chunks(
             }
             start = end + 1;
         }
-        let bytes = data.len() as u64;
+        let bytes = cut as u64;
         if tx
             .send(Chunk {
                 no,
@@ -551,4 +561,113 @@ fn read_chunks(
         no += 1;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that hands out its text a few bytes or a few hundred kilobytes at a time.
+    struct Trickle {
+        text: Vec<u8>,
+        at: usize,
+        state: u64,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.state = self.state.wrapping_mul(6364136223846793005).wrapping_add(1);
+            let want = match (self.state >> 33) % 4 {
+                0 => 1 + (self.state >> 40) as usize % 16,
+                1 => 1 + (self.state >> 40) as usize % 4096,
+                _ => 1 + (self.state >> 40) as usize % (300 * 1024),
+            };
+            let n = want.min(buf.len()).min(self.text.len() - self.at);
+            buf[..n].copy_from_slice(&self.text[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Text(Vec<u8>),
+        TooLong,
+    }
+
+    /// Every line comes out once, in order and whole, whatever sizes the reads come in:
+    /// lines cut across reads and chunks, lines longer than a chunk or than the limit (held
+    /// or skipped), blank and whitespace-only lines (passed over), CRLF endings, and a last
+    /// line without a newline.
+    #[test]
+    fn chunks_hold_every_line_whole_whatever_the_reads() {
+        // Small chunks, so that many lines, short and long, fall across a cut.
+        const CHUNK: usize = 8 * 1024;
+        let max_line = 3000;
+        let mut text = Vec::new();
+        let mut expected = Vec::new();
+        let mut line = 0u64;
+        let mut push = |text: &mut Vec<u8>, body: Vec<u8>, end: &[u8]| {
+            line += 1;
+            let seen = if body.iter().all(u8::is_ascii_whitespace) {
+                None
+            } else if body.len() > max_line {
+                Some(Seen::TooLong)
+            } else {
+                Some(Seen::Text(body.clone()))
+            };
+            if let Some(seen) = seen {
+                expected.push((line, seen));
+            }
+            text.extend_from_slice(&body);
+            text.extend_from_slice(end);
+        };
+        for i in 0..9000usize {
+            let len = match i % 29 {
+                0 => 5 * CHUNK + i,
+                1 => max_line,
+                2 => max_line + 1,
+                3..=8 => 2000 + (i * 7919) % 9000,
+                _ => 10 + (i * 31) % 700,
+            };
+            let body: Vec<u8> = (0..len).map(|k| b'a' + ((i + k) % 26) as u8).collect();
+            let end: &[u8] = if i % 5 == 0 { b"\r\n" } else { b"\n" };
+            push(&mut text, body, end);
+            if i % 13 == 0 {
+                push(&mut text, b"  \t".to_vec(), b"\n");
+            }
+        }
+        push(&mut text, b"last line".to_vec(), b"");
+
+        let input = Box::new(Trickle {
+            text,
+            at: 0,
+            state: 7,
+        });
+        let (tx, rx) = bounded::<Chunk>(4);
+        let (spare_tx, spare_rx) = bounded::<Vec<u8>>(4);
+        let reader = std::thread::spawn(move || read_chunks(input, max_line, CHUNK, tx, spare_rx));
+        let mut got = Vec::new();
+        for chunk in rx {
+            for l in &chunk.lines {
+                got.push(match *l {
+                    LineRef::Text { line, start, end } => {
+                        assert!(end as u64 <= chunk.bytes, "a line inside its chunk");
+                        (line, Seen::Text(chunk.data[start..end].to_vec()))
+                    }
+                    LineRef::TooLong { line, len } => {
+                        assert!(len > max_line as u64, "line {line}: {len}");
+                        (line, Seen::TooLong)
+                    }
+                });
+            }
+            // Buffers go round as the parse workers send them back.
+            let _ = spare_tx.try_send(chunk.data);
+        }
+        reader.join().unwrap().unwrap();
+        assert_eq!(got.len(), expected.len());
+        for (g, e) in got.iter().zip(&expected) {
+            assert!(g == e, "line {} came out as line {}", e.0, g.0);
+        }
+    }
 }
