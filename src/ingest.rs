@@ -243,7 +243,11 @@ fn parse_body(
     match framing {
         Framing::Ndjson => {
             let mut index = 0;
-            for (n, raw) in body.split(|&b| b == b'\n').enumerate() {
+            let mut start = 0;
+            let ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
+            for (n, end) in ends.enumerate() {
+                let raw = &body[start..end];
+                start = end + 1;
                 let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
                 if raw.iter().all(|b| b.is_ascii_whitespace()) {
                     continue;
