@@ -774,9 +774,12 @@ fn check_id(s: &str, field: &str, kind: RejectKind) -> Result<(), EventError> {
             ),
         ));
     }
+    // Bytes, not characters: every byte before the first one outside the range is ASCII, so
+    // that byte starts the character to name, at the same position.
     if let Some((i, c)) = s
-        .char_indices()
-        .find(|&(_, c)| !('\x21'..='\x7e').contains(&c))
+        .bytes()
+        .position(|b| !(0x21..=0x7e).contains(&b))
+        .map(|i| (i, s[i..].chars().next().expect("a character starts here")))
     {
         return Err(EventError::field(
             kind,
@@ -1971,6 +1974,22 @@ mod tests {
             m["payload"]["qty"] = serde_json::Value::Number(serde_json::Number::from(u64::MAX));
         }));
         assert_eq!(e.field.as_deref(), Some("payload.qty"));
+    }
+
+    /// An identifier's first character outside visible ASCII is named with its byte
+    /// position, whether it is a space, a control character or a multi-byte character.
+    #[test]
+    fn identifiers_name_their_first_invisible_or_non_ascii_character() {
+        let reason = |s: &str| {
+            check_id(s, "event_id", RejectKind::InvalidEventId)
+                .unwrap_err()
+                .reason
+        };
+        assert!(check_id("A-1_x.y:z/~!", "event_id", RejectKind::InvalidEventId).is_ok());
+        assert!(reason("ab cd").starts_with("has ' ' at position 2;"));
+        assert!(reason("abcd\u{7f}").starts_with("has '\\u{7f}' at position 4;"));
+        assert!(reason("ab\u{e9}\u{1f600}").starts_with("has '\u{e9}' at position 2;"));
+        assert!(reason("a\u{1f600}").starts_with("has '\u{1f600}' at position 1;"));
     }
 
     #[test]
