@@ -388,7 +388,10 @@ struct Member {
     /// The name's first eight bytes, big-endian, zero-padded: names whose prefixes differ
     /// are in the prefixes' order, so most comparisons in a sort need not read the names.
     prefix: u64,
+    /// Where the member's canonical value is: in the input (a string without escapes is
+    /// its own canonical form, quotes included) or in its object's buffer.
     value: std::ops::Range<usize>,
+    value_in_input: bool,
 }
 
 fn name_prefix(name: &[u8]) -> u64 {
@@ -477,10 +480,8 @@ impl Parser<'_, '_> {
             Some(b'"') => match self.string()? {
                 Key::Raw(r) => {
                     // A JSON string without escapes holds no quote, backslash or control
-                    // character: it is already in canonical form.
-                    out.push('"');
-                    out.push_str(&self.src[r]);
-                    out.push('"');
+                    // character: it is already in canonical form, quotes and all.
+                    out.push_str(&self.src[r.start - 1..r.end + 1]);
                     Ok(())
                 }
                 Key::Decoded(s) => {
@@ -706,14 +707,32 @@ impl Parser<'_, '_> {
             self.expect(b':')?;
             self.ws();
             let start = frame.values.len();
-            if let Err(mut e) = self.value(&mut frame.values, depth + 1) {
-                e.path.insert_str(0, &format!(".{}", self.key_str(&key)));
-                return Err(e);
-            }
+            let value = if self.peek() == Some(b'"') && depth < self.max_depth {
+                // A string is kept where it is when it needs no change. (At the depth limit,
+                // `value` refuses it, as it refuses any value nested that deep.)
+                self.string().map(|s| match s {
+                    Key::Raw(r) => (r.start - 1..r.end + 1, true),
+                    Key::Decoded(s) => {
+                        write_string(&mut frame.values, &s);
+                        (start..frame.values.len(), false)
+                    }
+                })
+            } else {
+                self.value(&mut frame.values, depth + 1)
+                    .map(|()| (start..frame.values.len(), false))
+            };
+            let (value, value_in_input) = match value {
+                Ok(v) => v,
+                Err(mut e) => {
+                    e.path.insert_str(0, &format!(".{}", self.key_str(&key)));
+                    return Err(e);
+                }
+            };
             frame.members.push(Member {
                 prefix: name_prefix(self.key_str(&key).as_bytes()),
                 key,
-                value: start..frame.values.len(),
+                value,
+                value_in_input,
             });
             self.ws();
             match self.peek() {
@@ -763,15 +782,15 @@ impl Parser<'_, '_> {
                 out.push(',');
             }
             match &m.key {
-                Key::Raw(r) => {
-                    out.push('"');
-                    out.push_str(&self.src[r.clone()]);
-                    out.push('"');
-                }
+                Key::Raw(r) => out.push_str(&self.src[r.start - 1..r.end + 1]),
                 Key::Decoded(s) => write_string(out, s),
             }
             out.push(':');
-            out.push_str(&frame.values[m.value.clone()]);
+            out.push_str(if m.value_in_input {
+                &self.src[m.value.clone()]
+            } else {
+                &frame.values[m.value.clone()]
+            });
         }
         out.push('}');
     }
@@ -1109,6 +1128,16 @@ mod tests {
         );
         let ok = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);
         assert_eq!(canonicalize(&ok).unwrap(), ok);
+        // Scalars count as a level too, strings included (they take a shorter path as
+        // object members): a value at depth MAX_DEPTH is read, one deeper is refused.
+        let nested =
+            |levels: usize, value: &str| "{\"a\":".repeat(levels) + value + &"}".repeat(levels);
+        for value in ["\"text\"", "\"esc\\n\"", "12", "true"] {
+            let at_limit = nested(MAX_DEPTH, value);
+            assert!(canonicalize(&at_limit).is_ok(), "{value}");
+            let e = canonicalize(&nested(MAX_DEPTH + 1, value)).unwrap_err();
+            assert!(e.reason.contains("nested deeper"), "{value}: {e}");
+        }
     }
 
     /// A reference canonicalizer over `serde_json::Value`, for differential testing of the
