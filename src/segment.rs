@@ -26,7 +26,9 @@
 //! leaf_hash        FIXED_LEN_BYTE_ARRAY(32)          no        SHA-256(0x00 ‖ canonical)
 //! ```
 //!
-//! zstd level 1, page-level statistics and page index, row groups of at most
+//! Data pages of version 2 with PLAIN values outside the dictionary columns (version 1 pages
+//! made the writer copy each page's whole buffer twice more: docs/BENCHMARKS.md), zstd level
+//! 1, page-level statistics and page index, row groups of at most
 //! [`ROW_GROUP_ROWS`] rows. The footer's key-value metadata repeats what the manifest says
 //! about the segment (`wormvault.*` keys, see [`SegmentInfo`]), so a segment found alone still
 //! says what it is.
@@ -47,9 +49,9 @@ use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
     ParquetRecordBatchReaderBuilder,
 };
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::{KeyValue, SortingColumn};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
 use parquet::schema::types::ColumnPath;
 
 use crate::event::{Field as RecordField, Record};
@@ -134,6 +136,8 @@ fn writer_properties(n_rows: usize) -> WriterProperties {
     let col = |name: &str| ColumnPath::from(name);
     let rows_per_group = n_rows.clamp(1, ROW_GROUP_ROWS) as u64;
     let mut b = WriterProperties::builder()
+        .set_writer_version(WriterVersion::PARQUET_2_0)
+        .set_encoding(Encoding::PLAIN)
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(1).expect("valid level"),
         ))
