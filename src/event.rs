@@ -446,22 +446,35 @@ mod fast {
                 return self.null().map(|_| None);
             }
             let (mut value, mut seen) = (T::default(), 0u32);
+            self.members(|r, name| {
+                let v = r.text_or_null()?;
+                set(&mut value, &mut seen, name, v)
+            })?;
+            Some(Some(value))
+        }
+
+        /// An object: `member` reads each member's value, given its name (names without
+        /// escapes only).
+        fn members(
+            &mut self,
+            mut member: impl FnMut(&mut Self, &'a str) -> Option<()>,
+        ) -> Option<()> {
             self.eat(b'{')?;
             self.ws();
             if self.peek()? == b'}' {
                 self.i += 1;
-                return Some(Some(value));
+                return Some(());
             }
             loop {
                 let name = self.plain_string()?;
                 self.eat(b':')?;
-                set(&mut value, &mut seen, name, self.text_or_null()?)?;
+                member(self, name)?;
                 self.ws();
                 match self.peek()? {
                     b',' => self.i += 1,
                     b'}' => {
                         self.i += 1;
-                        return Some(Some(value));
+                        return Some(());
                     }
                     _ => return None,
                 }
@@ -485,14 +498,9 @@ mod fast {
         let mut w = WireEvent::default();
         let mut payload: Option<String> = None;
         let mut seen = 0u32;
-        r.eat(b'{')?;
-        r.ws();
-        if r.peek()? == b'}' {
-            return None;
-        }
-        loop {
-            let name = r.plain_string()?;
-            r.eat(b':')?;
+        // An empty object has no payload, so it goes to `serde` at the end like any event
+        // without one.
+        r.members(|r, name| {
             match name {
                 "event_id" => once(&mut w.event_id, &mut seen, 1, r.text_or_null()?)?,
                 "occurred_at" => once(&mut w.occurred_at, &mut seen, 2, r.text_or_null()?)?,
@@ -546,16 +554,8 @@ mod fast {
                 }
                 _ => return None,
             }
-            r.ws();
-            match r.peek()? {
-                b',' => r.i += 1,
-                b'}' => {
-                    r.i += 1;
-                    break;
-                }
-                _ => return None,
-            }
-        }
+            Some(())
+        })?;
         r.ws();
         if r.i != text.len() {
             return None;
