@@ -470,7 +470,21 @@ impl Parser<'_, '_> {
         }
     }
 
+    #[inline]
     fn value(&mut self, out: &mut String, depth: usize) -> Result<(), CanonicalError> {
+        if let Some(r) = self.value_or_input(out, depth)? {
+            out.push_str(&self.src[r]);
+        }
+        Ok(())
+    }
+
+    /// Reads a value and appends its canonical form to `out`, or, when the input already
+    /// holds it in canonical form, leaves `out` alone and returns where it is in the input.
+    fn value_or_input(
+        &mut self,
+        out: &mut String,
+        depth: usize,
+    ) -> Result<Option<std::ops::Range<usize>>, CanonicalError> {
         if depth > self.max_depth {
             return Err(self.err(format!("nested deeper than {} levels", self.max_depth)));
         }
@@ -478,12 +492,9 @@ impl Parser<'_, '_> {
             Some(b'{') => self.object(out, depth),
             Some(b'[') => self.array(out, depth),
             Some(b'"') => match self.string()? {
-                Key::Raw(r) => {
-                    // A JSON string without escapes holds no quote, backslash or control
-                    // character: it is already in canonical form, quotes and all.
-                    out.push_str(&self.src[r.start - 1..r.end + 1]);
-                    Ok(())
-                }
+                // A JSON string without escapes holds no quote, backslash or control
+                // character: it is already in canonical form, quotes and all.
+                Key::Raw(r) => return Ok(Some(r.start - 1..r.end + 1)),
                 Key::Decoded(s) => {
                     write_string(out, &s);
                     Ok(())
@@ -495,6 +506,7 @@ impl Parser<'_, '_> {
             Some(b'-' | b'0'..=b'9') => self.number(out),
             _ => Err(self.err("expected a JSON value")),
         }
+        .map(|()| None)
     }
 
     fn literal(&mut self, out: &mut String, word: &str) -> Result<(), CanonicalError> {
@@ -707,22 +719,10 @@ impl Parser<'_, '_> {
             self.expect(b':')?;
             self.ws();
             let start = frame.values.len();
-            let value = if self.peek() == Some(b'"') && depth < self.max_depth {
-                // A string is kept where it is when it needs no change. (At the depth limit,
-                // `value` refuses it, as it refuses any value nested that deep.)
-                self.string().map(|s| match s {
-                    Key::Raw(r) => (r.start - 1..r.end + 1, true),
-                    Key::Decoded(s) => {
-                        write_string(&mut frame.values, &s);
-                        (start..frame.values.len(), false)
-                    }
-                })
-            } else {
-                self.value(&mut frame.values, depth + 1)
-                    .map(|()| (start..frame.values.len(), false))
-            };
-            let (value, value_in_input) = match value {
-                Ok(v) => v,
+            // A value already in canonical form in the input is emitted from there.
+            let (value, value_in_input) = match self.value_or_input(&mut frame.values, depth + 1) {
+                Ok(Some(in_input)) => (in_input, true),
+                Ok(None) => (start..frame.values.len(), false),
                 Err(mut e) => {
                     e.path.insert_str(0, &format!(".{}", self.key_str(&key)));
                     return Err(e);
