@@ -97,40 +97,38 @@ fn anchors_cover_every_day_including_empty_days_and_late_events(backend: Backend
     let t = Target::new(backend);
     let (key_path, key) = keyfile(&t, "wv-test-1");
     let settings = t.settings_in("state", &anchor_toml(&key_path, &[], ""));
+    // Three past days, the last of them the latest a sweep expects anchored (the day before
+    // yesterday), so that the test means the same on any date.
+    let d2 = Timestamp::now().day().prev().prev();
+    let d1 = d2.prev();
+    let d0 = d1.prev();
+    let (s0, s1, s2) = (d0.to_string(), d1.to_string(), d2.to_string());
     {
         let archive = t.open(settings.clone());
-        let mut events = events_on("a", "2026-11-18", 40);
-        events.extend(events_on("c", "2026-11-20", 25));
+        let mut events = events_on("a", &s0, 40);
+        events.extend(events_on("c", &s2, 25));
         import_events(&t, &archive, &events);
     }
     let anchorer = anchorer(&t, &settings);
-    let done =
-        t.rt.block_on(anchorer.anchor_through(day("2026-11-20")))
-            .unwrap();
+    let done = t.rt.block_on(anchorer.anchor_through(d2)).unwrap();
     let days: Vec<(Day, u64, bool)> = done.iter().map(|a| (a.day, a.size, a.created)).collect();
     assert_eq!(
         days,
         vec![
-            (day("2026-11-18"), 1, true),
-            (day("2026-11-19"), 0, true), // no events: still anchored, so absence is provable
-            (day("2026-11-20"), 1, true),
+            (d0, 1, true),
+            (d1, 0, true), // no events: still anchored, so absence is provable
+            (d2, 1, true),
         ]
     );
     // The empty day's root is the empty tree's; every anchor links to the one before.
     assert_eq!(done[1].root, merkle::sha256(b""));
-    let read = |d: &str| t.rt.block_on(anchorer.read(day(d))).unwrap().unwrap();
-    assert_eq!(read("2026-11-18").body.prev, None);
-    assert_eq!(read("2026-11-19").body.prev, Some(done[0].sha256));
-    assert_eq!(read("2026-11-20").body.prev, Some(done[1].sha256));
-    assert!(
-        read("2026-11-20")
-            .bytes
-            .starts_with(b"test.example/wormvault\n1\n")
-    );
+    let read = |d: Day| t.rt.block_on(anchorer.read(d)).unwrap().unwrap();
+    assert_eq!(read(d0).body.prev, None);
+    assert_eq!(read(d1).body.prev, Some(done[0].sha256));
+    assert_eq!(read(d2).body.prev, Some(done[1].sha256));
+    assert!(read(d2).bytes.starts_with(b"test.example/wormvault\n1\n"));
     // Anchoring again changes nothing.
-    let again =
-        t.rt.block_on(anchorer.anchor_through(day("2026-11-20")))
-            .unwrap();
+    let again = t.rt.block_on(anchorer.anchor_through(d2)).unwrap();
     assert_eq!(again.len(), 1);
     assert!(!again[0].created);
     assert_eq!(again[0].sha256, done[2].sha256);
@@ -140,16 +138,16 @@ fn anchors_cover_every_day_including_empty_days_and_late_events(backend: Backend
             .is_err()
     );
 
-    // Late events: the 19th is anchored, so its new events go to today's segments, with
+    // Late events: their day is anchored, so its new events go to today's segments, with
     // their occurred_at kept; nothing is added under the anchored day.
     let today = Timestamp::now().day();
     {
         let archive = t.open(settings.clone());
-        import_events(&t, &archive, &events_on("late", "2026-11-19", 5));
+        import_events(&t, &archive, &events_on("late", &s1, 5));
     }
     let store = t.store();
     let listed = |p: &str| t.rt.block_on(store.list(p)).unwrap();
-    assert!(listed("manifests/dt=2026-11-19/").is_empty());
+    assert!(listed(&format!("manifests/dt={s1}/")).is_empty());
     assert_eq!(listed(&format!("manifests/dt={today}/")).len(), 1);
 
     // The sweep checks the anchors, and finds nothing wrong.
@@ -179,7 +177,7 @@ fn anchors_cover_every_day_including_empty_days_and_late_events(backend: Backend
     );
 
     // A manifest changed through a side door after its day was anchored is an anchor finding.
-    let m18 = listed("manifests/dt=2026-11-18/")[0].key.clone();
+    let m18 = listed(&format!("manifests/dt={s0}/"))[0].key.clone();
     let mut bytes = t.rt.block_on(store.get(&m18, None)).unwrap().to_vec();
     bytes.extend_from_slice(b" ");
     crate::sweep::overwrite(&t, &m18, bytes);
@@ -187,7 +185,7 @@ fn anchors_cover_every_day_including_empty_days_and_late_events(backend: Backend
     assert_has(
         &report,
         FindingClass::AnchorRootMismatch,
-        "anchors/dt=2026-11-18/anchor.note",
+        &format!("anchors/dt={s0}/anchor.note"),
     );
     let _ = key;
 }
