@@ -1,7 +1,6 @@
 //! The command line. `main` parses arguments and calls [`run`]; each command returns an exit
 //! code: 0 done, 1 done but something was refused or found, 2 could not do the job.
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::archive::Archive;
 use crate::config::{Settings, StoreSettings};
-use crate::import::{ImportSummary, Outcome, UploadPatience, import};
+use crate::import::{ImportSummary, Input, Outcome, UploadPatience, import};
 use crate::telemetry::LogFormat;
 use crate::timestamp::Day;
 
@@ -37,7 +36,9 @@ pub enum Command {
     /// backfill path, through the same pipeline as the daemon. Each refused line is reported on
     /// stderr with its line, event_id, field and reason; the exit code is 1 if any was refused.
     Archive {
-        /// The NDJSON file, or `-` for stdin.
+        /// The NDJSON file, or `-` for stdin. A regular file is read through memory mappings
+        /// and must not be truncated or rewritten during the import; pipe a file that is
+        /// still being written through stdin.
         file: PathBuf,
         /// Print the summary as JSON on stdout, and refusals as JSON lines on stderr.
         #[arg(long)]
@@ -980,7 +981,7 @@ fn cli_retrieval(
     let archive = open_archive(rt, settings.clone())?;
     let summary = import(
         &archive,
-        Box::new(std::io::Cursor::new(event.into_bytes())),
+        Input::bytes(event.into_bytes()),
         rt.handle(),
         UploadPatience::default(),
         &mut |_| {},
@@ -1115,15 +1116,11 @@ fn archive_cmd(settings: Settings, file: PathBuf, json: bool, verbose: bool) -> 
         Ok(a) => a,
         Err(code) => return code,
     };
-    let input: Box<dyn Read + Send> = if file.as_os_str() == "-" {
-        Box::new(std::io::stdin())
-    } else {
-        match std::fs::File::open(&file) {
-            Ok(f) => Box::new(f),
-            Err(e) => {
-                eprintln!("error: cannot open {}: {e}", file.display());
-                return ExitCode::from(2);
-            }
+    let input = match Input::open(&file) {
+        Ok(input) => input,
+        Err(e) => {
+            eprintln!("error: cannot open {}: {e}", file.display());
+            return ExitCode::from(2);
         }
     };
     let mut on_outcome = |o: Outcome| match o {
@@ -1318,14 +1315,14 @@ fn bench_archive(events: u64, dir: Option<PathBuf>) -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
-    let file = match std::fs::File::open(&input) {
+    let file = match Input::open(&input) {
         Ok(f) => f,
         Err(e) => return fail(e),
     };
     crate::bench::reset_peak_rss();
     let summary = match import(
         &archive,
-        Box::new(file),
+        file,
         rt.handle(),
         UploadPatience::default(),
         &mut |_| {},

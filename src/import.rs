@@ -125,9 +125,58 @@ enum LineRef {
 
 struct Chunk {
     no: u64,
-    data: Vec<u8>,
+    data: Text,
     lines: Vec<LineRef>,
+    /// The bytes of input this chunk accounts for: its text, and any over-long line skipped
+    /// before it.
     bytes: u64,
+}
+
+/// A chunk's text, which its lines index: a buffer read from a stream (it goes back to the
+/// reader once parsed), or the chunk's own mapping of a file.
+enum Text {
+    Read(Vec<u8>),
+    Mapped(memmap2::Mmap),
+}
+
+impl std::ops::Deref for Text {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Text::Read(v) => v,
+            Text::Mapped(m) => m,
+        }
+    }
+}
+
+/// Where an import's events come from.
+pub enum Input {
+    /// Standard input, a pipe, anything readable: read into chunk buffers.
+    Stream(Box<dyn Read + Send>),
+    /// A regular file: each chunk maps its own range of it, so the file's bytes are parsed
+    /// where the kernel keeps them rather than copied into buffers first.
+    File(std::fs::File),
+}
+
+impl Input {
+    /// Opens `path` (`-` is standard input). Regular files are mapped chunk by chunk; other
+    /// files (pipes, devices) are read.
+    pub fn open(path: &std::path::Path) -> std::io::Result<Input> {
+        if path.as_os_str() == "-" {
+            return Ok(Input::Stream(Box::new(std::io::stdin())));
+        }
+        let file = std::fs::File::open(path)?;
+        Ok(if file.metadata()?.is_file() {
+            Input::File(file)
+        } else {
+            Input::Stream(Box::new(file))
+        })
+    }
+
+    /// Events already in memory.
+    pub fn bytes(bytes: Vec<u8>) -> Input {
+        Input::Stream(Box::new(std::io::Cursor::new(bytes)))
+    }
 }
 
 enum Item {
@@ -182,7 +231,7 @@ impl crate::pipeline::UploadObserver for Collect {
 /// happens. Uploads run on `rt`.
 pub fn import(
     archive: &Archive,
-    input: Box<dyn Read + Send>,
+    input: Input,
     rt: &tokio::runtime::Handle,
     patience: UploadPatience,
     on_outcome: &mut dyn FnMut(Outcome),
@@ -229,8 +278,11 @@ pub fn import(
     let result: Result<(), ImportError> = std::thread::scope(|scope| {
         let spawn = |name: String| std::thread::Builder::new().name(name);
         let reader = spawn("wv-read".into())
-            .spawn_scoped(scope, move || {
-                read_chunks(input, max_line, CHUNK_BYTES, chunk_tx, spare_rx)
+            .spawn_scoped(scope, move || match input {
+                Input::Stream(input) => {
+                    read_chunks(input, max_line, CHUNK_BYTES, chunk_tx, spare_rx)
+                }
+                Input::File(file) => map_chunks(&file, max_line, CHUNK_BYTES, chunk_tx),
             })
             .expect("thread");
         for n in 0..workers {
@@ -414,8 +466,12 @@ fn parse_worker(
                 }
             })
             .collect();
-        // The reader may be gone or have enough spares; then the buffer is simply freed.
-        let _ = spare.try_send(chunk.data);
+        // The reader may be gone or have enough spares; then the buffer is simply freed. A
+        // chunk's mapping is simply dropped: its pages stay in the page cache, not in memory
+        // this process holds.
+        if let Text::Read(buf) = chunk.data {
+            let _ = spare.try_send(buf);
+        }
         if tx
             .send(Parsed {
                 no: chunk.no,
@@ -453,6 +509,7 @@ fn read_chunks(
     let mut eof = false;
     let mut pending_too_long: Vec<LineRef> = Vec::new();
     let mut skipping: Option<u64> = None; // bytes of an over-long line seen so far
+    let mut skipped = 0u64; // bytes of over-long lines skipped since the last chunk
     // Whether `buf[..filled]` holds a complete line (it never does right after a cut).
     let mut has_newline = false;
     while !eof || filled > 0 || !pending_too_long.is_empty() {
@@ -480,6 +537,7 @@ fn read_chunks(
                             line,
                             len: seen + i as u64,
                         });
+                        skipped += seen + i as u64 + 1;
                         skipping = None;
                         buf.copy_within(i + 1..n, 0);
                         n -= i + 1;
@@ -493,12 +551,10 @@ fn read_chunks(
                 filled = 0;
             }
         }
-        if eof && skipping.is_some() {
+        if eof && let Some(seen) = skipping.take() {
             line += 1;
-            pending_too_long.push(LineRef::TooLong {
-                line,
-                len: skipping.take().unwrap_or(0),
-            });
+            pending_too_long.push(LineRef::TooLong { line, len: seen });
+            skipped += seen;
         }
         let cut = if eof {
             filled
@@ -522,31 +578,77 @@ fn read_chunks(
         let data = std::mem::replace(&mut buf, next);
         has_newline = false;
         let mut lines = std::mem::take(&mut pending_too_long);
-        let mut start = 0;
-        while start < cut {
-            let end = memchr::memchr(b'\n', &data[start..cut]).map_or(cut, |i| start + i);
-            line += 1;
-            let mut e = end;
-            if e > start && data[e - 1] == b'\r' {
-                e -= 1;
-            }
-            if data[start..e].iter().any(|b| !b.is_ascii_whitespace()) {
-                if e - start > max_line {
-                    lines.push(LineRef::TooLong {
-                        line,
-                        len: (e - start) as u64,
-                    });
-                } else {
-                    lines.push(LineRef::Text {
-                        line,
-                        start,
-                        end: e,
-                    });
-                }
-            }
-            start = end + 1;
+        split_lines(&data[..cut], max_line, &mut line, &mut lines);
+        let bytes = cut as u64 + std::mem::take(&mut skipped);
+        if tx
+            .send(Chunk {
+                no,
+                data: Text::Read(data),
+                lines,
+                bytes,
+            })
+            .is_err()
+        {
+            break;
         }
-        let bytes = cut as u64;
+        no += 1;
+    }
+    Ok(())
+}
+
+/// Splits a regular file into chunks of whole lines, each with its own read-only mapping of
+/// its range of the file: the parse workers read the file's bytes where the kernel keeps them,
+/// and dropping a chunk unmaps it, so the memory this process holds stays bounded by the
+/// chunks in flight whatever the file's size. A chunk's text is the first `Chunk::bytes` bytes
+/// of its mapping (the rest, up to the next chunk, is mapped again by that chunk). A line
+/// longer than `max_line` is not mapped: it is skipped up to its newline and reported as too
+/// large.
+///
+/// The file must not be truncated or rewritten while it is imported (a file still being
+/// written belongs on standard input): a mapped page that no longer exists ends the process
+/// with SIGBUS. Nothing is lost then, as with any crash: batches not committed were never
+/// reported as archived, and the import can be run again (event_id idempotency).
+fn map_chunks(
+    file: &std::fs::File,
+    max_line: usize,
+    chunk_bytes: usize,
+    tx: Sender<Chunk>,
+) -> std::io::Result<()> {
+    // Room for a whole chunk, and for a line of the largest size with its CR and LF.
+    let window = chunk_bytes.max(max_line + 2) as u64;
+    let len = file.metadata()?.len();
+    let (mut at, mut no, mut line) = (0u64, 0u64, 0u64);
+    while at < len {
+        let end = len.min(at + window);
+        // SAFETY: the mapping is read-only and private to this chunk. Its bytes are the
+        // file's as long as nobody changes the file during the import, which the command's
+        // documentation asks (see above); `populate` faults the pages in here, in one call,
+        // rather than one by one in the parse workers.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(at)
+                .len((end - at) as usize)
+                .populate()
+                .map(file)?
+        };
+        let mut lines = Vec::new();
+        let (data, bytes) = match (end == len, memchr::memrchr(b'\n', &map)) {
+            (true, _) => (Text::Mapped(map), end - at),
+            (false, Some(i)) => (Text::Mapped(map), i as u64 + 1),
+            (false, None) => {
+                // No newline in a window longer than the longest line allowed.
+                let skipped = skip_line(file, end)?;
+                line += 1;
+                lines.push(LineRef::TooLong {
+                    line,
+                    len: skipped - at,
+                });
+                (Text::Read(Vec::new()), (skipped - at + 1).min(len - at))
+            }
+        };
+        if let Text::Mapped(map) = &data {
+            split_lines(&map[..bytes as usize], max_line, &mut line, &mut lines);
+        }
         if tx
             .send(Chunk {
                 no,
@@ -558,9 +660,56 @@ fn read_chunks(
         {
             break;
         }
+        at += bytes;
         no += 1;
     }
     Ok(())
+}
+
+/// The offset of the first newline in `file` at or after `from` (or the file's end).
+fn skip_line(file: &std::fs::File, mut from: u64) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut probe = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read_at(&mut probe, from)?;
+        if n == 0 {
+            return Ok(from);
+        }
+        if let Some(i) = memchr::memchr(b'\n', &probe[..n]) {
+            return Ok(from + i as u64);
+        }
+        from += n as u64;
+    }
+}
+
+/// Appends `data`'s lines (numbered on from `line`) to `lines`: blank and whitespace-only
+/// lines are passed over, a CR before the newline is not part of its line, and a line longer
+/// than `max_line` is reported as too large. The last line needs no newline.
+fn split_lines(data: &[u8], max_line: usize, line: &mut u64, lines: &mut Vec<LineRef>) {
+    let mut start = 0;
+    while start < data.len() {
+        let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |i| start + i);
+        *line += 1;
+        let mut e = end;
+        if e > start && data[e - 1] == b'\r' {
+            e -= 1;
+        }
+        if data[start..e].iter().any(|b| !b.is_ascii_whitespace()) {
+            if e - start > max_line {
+                lines.push(LineRef::TooLong {
+                    line: *line,
+                    len: (e - start) as u64,
+                });
+            } else {
+                lines.push(LineRef::Text {
+                    line: *line,
+                    start,
+                    end: e,
+                });
+            }
+        }
+        start = end + 1;
+    }
 }
 
 #[cfg(test)]
@@ -595,10 +744,10 @@ mod tests {
         TooLong,
     }
 
-    /// Every line comes out once, in order and whole, whatever sizes the reads come in:
-    /// lines cut across reads and chunks, lines longer than a chunk or than the limit (held
-    /// or skipped), blank and whitespace-only lines (passed over), CRLF endings, and a last
-    /// line without a newline.
+    /// Every line comes out once, in order and whole, whatever sizes the reads come in, and
+    /// the same when the file is mapped chunk by chunk: lines cut across reads and chunks,
+    /// lines longer than a chunk or than the limit (held or skipped), blank and
+    /// whitespace-only lines (passed over), CRLF endings, and a last line without a newline.
     #[test]
     fn chunks_hold_every_line_whole_whatever_the_reads() {
         // Small chunks, so that many lines, short and long, fall across a cut.
@@ -639,16 +788,42 @@ mod tests {
         }
         push(&mut text, b"last line".to_vec(), b"");
 
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, &text).unwrap();
         let input = Box::new(Trickle {
-            text,
+            text: text.clone(),
             at: 0,
             state: 7,
         });
-        let (tx, rx) = bounded::<Chunk>(4);
         let (spare_tx, spare_rx) = bounded::<Vec<u8>>(4);
-        let reader = std::thread::spawn(move || read_chunks(input, max_line, CHUNK, tx, spare_rx));
+        let read = lines_out(max_line, spare_tx, move |tx| {
+            read_chunks(input, max_line, CHUNK, tx, spare_rx)
+        });
+        let mapped = lines_out(max_line, bounded(1).0, move |tx| {
+            map_chunks(&file, max_line, CHUNK, tx)
+        });
+        for (got, bytes) in [read, mapped] {
+            assert_eq!(bytes, text.len() as u64, "every byte in one chunk");
+            assert_eq!(got.len(), expected.len());
+            for (g, e) in got.iter().zip(&expected) {
+                assert!(g == e, "line {} came out as line {}", e.0, g.0);
+            }
+        }
+    }
+
+    /// The lines of the chunks `split` makes, in order; each chunk's buffer goes back to it
+    /// through `spare`, as the parse workers send them back.
+    fn lines_out(
+        max_line: usize,
+        spare: Sender<Vec<u8>>,
+        split: impl FnOnce(Sender<Chunk>) -> std::io::Result<()> + Send + 'static,
+    ) -> (Vec<(u64, Seen)>, u64) {
+        let (tx, rx) = bounded::<Chunk>(4);
+        let splitter = std::thread::spawn(move || split(tx));
         let mut got = Vec::new();
-        for chunk in rx {
+        let mut bytes = 0;
+        for (no, chunk) in rx.into_iter().enumerate() {
+            assert_eq!(chunk.no, no as u64, "chunks numbered in order");
             for l in &chunk.lines {
                 got.push(match *l {
                     LineRef::Text { line, start, end } => {
@@ -661,13 +836,12 @@ mod tests {
                     }
                 });
             }
-            // Buffers go round as the parse workers send them back.
-            let _ = spare_tx.try_send(chunk.data);
+            bytes += chunk.bytes;
+            if let Text::Read(buf) = chunk.data {
+                let _ = spare.try_send(buf);
+            }
         }
-        reader.join().unwrap().unwrap();
-        assert_eq!(got.len(), expected.len());
-        for (g, e) in got.iter().zip(&expected) {
-            assert!(g == e, "line {} came out as line {}", e.0, g.0);
-        }
+        splitter.join().unwrap().unwrap();
+        (got, bytes)
     }
 }

@@ -2,7 +2,6 @@
 //! independent reader (pyarrow, hashlib, DuckDB: tests/py/verify_archive.py).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Cursor;
 
 use wormvault::archive::Archive;
 use wormvault::event::RejectKind;
@@ -35,7 +34,7 @@ fn run(t: &Target, archive: &Archive, text: String) -> (ImportSummary, Vec<Outco
     };
     let summary = import(
         archive,
-        Box::new(Cursor::new(text.into_bytes())),
+        wormvault::import::Input::bytes(text.into_bytes()),
         t.rt.handle(),
         patience,
         &mut |o| outcomes.push(o),
@@ -462,7 +461,7 @@ fn a_thousand_good_and_a_hundred_bad_events(backend: Backend) {
     };
     let summary = import(
         &archive,
-        Box::new(Cursor::new(text.clone())),
+        wormvault::import::Input::bytes(text.clone()),
         t.rt.handle(),
         patience,
         &mut |o| outcomes.push(o),

@@ -303,7 +303,7 @@ pub fn import_all(t: &Target, archive: &Archive, text: String) {
     };
     let s = wormvault::import::import(
         archive,
-        Box::new(std::io::Cursor::new(text.into_bytes())),
+        wormvault::import::Input::bytes(text.into_bytes()),
         t.rt.handle(),
         patience,
         &mut |_| {},
