@@ -140,11 +140,17 @@ pub enum Command {
 
 impl Command {
     /// Whether the command reuses its freed memory over and over: the ingest pipeline (the
-    /// daemon, an import) batch after batch, and a sweep segment after segment.
+    /// daemon, an import) batch after batch, and a sweep segment after segment; and the
+    /// benchmarks that run an import or a sweep in their own process, so that they measure
+    /// what the commands do.
     pub fn reuses_freed_memory(&self) -> bool {
         matches!(
             self,
-            Command::Serve | Command::Archive { .. } | Command::Upload | Command::Verify { .. }
+            Command::Serve
+                | Command::Archive { .. }
+                | Command::Upload
+                | Command::Verify { .. }
+                | Command::Bench(BenchCommand::Archive { .. } | BenchCommand::Sweep { .. })
         )
     }
 }
