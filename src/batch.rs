@@ -229,7 +229,7 @@ impl Batcher {
     pub fn admit(&mut self, record: Box<Record>) -> Result<Admission, StateError> {
         match self.reserve(record)? {
             Reserved::New { lane, seq, record } => {
-                self.place(lane.clone(), seq, record);
+                self.place(lane, seq, record);
                 Ok(Admission::Accepted { lane, seq })
             }
             Reserved::Duplicate(r) => Ok(Admission::Duplicate(r)),
@@ -263,13 +263,13 @@ impl Batcher {
         }
         let lane = Lane {
             day: self.gate.lane_day(day),
-            class: record.retention_class.clone(),
+            class: record.retention_class,
         };
         let seq = match self.next_seq.get_mut(&lane) {
             Some(s) => s,
             None => {
                 let s = self.state.lane_next_seq(&lane)?;
-                self.next_seq.entry(lane.clone()).or_insert(s)
+                self.next_seq.entry(lane).or_insert(s)
             }
         };
         let this_seq = *seq;
@@ -300,7 +300,7 @@ impl Batcher {
         let this_seq = seq;
         let weight = record.weight();
         self.open_bytes += weight;
-        let batch = self.open.entry(lane.clone()).or_insert_with(|| OpenBatch {
+        let batch = self.open.entry(lane).or_insert_with(|| OpenBatch {
             first_seq: this_seq,
             records: Vec::new(),
             bytes: 0,
@@ -321,7 +321,7 @@ impl Batcher {
                 .open
                 .iter()
                 .max_by_key(|(_, b)| b.bytes)
-                .map(|(l, _)| l.clone());
+                .map(|(l, _)| *l);
             match largest {
                 Some(l) => self.close(&l),
                 None => break,
@@ -342,7 +342,7 @@ impl Batcher {
         );
         self.closed.push(ClosedBatch {
             batch_idx,
-            lane: lane.clone(),
+            lane: *lane,
             first_seq: batch.first_seq,
             records: batch.records,
         });
@@ -354,7 +354,7 @@ impl Batcher {
             .open
             .iter()
             .filter(|(_, b)| now.duration_since(b.opened) >= self.limits.max_age)
-            .map(|(l, _)| l.clone())
+            .map(|(l, _)| *l)
             .collect();
         expired.sort();
         for lane in expired {
@@ -410,7 +410,7 @@ impl Batcher {
             Some(s) => Ok(*s),
             None => {
                 let s = self.state.lane_next_seq(lane)?;
-                self.next_seq.insert(lane.clone(), s);
+                self.next_seq.insert(*lane, s);
                 Ok(s)
             }
         }

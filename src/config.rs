@@ -740,7 +740,7 @@ impl Settings {
             .classes
             .into_iter()
             .map(|(name, cc)| RetentionClass {
-                name: name.into(),
+                name: crate::retention::ClassName::new(&name),
                 period: Period {
                     years: cc.years,
                     months: cc.months,

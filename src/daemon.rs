@@ -159,7 +159,7 @@ pub fn start(
     let spool_dir = archive.settings.state_dir.join("spool");
     let spool = Spool::open(&spool_dir, limits.spool_file_bytes, |s| {
         let committed_next = state.lane_next_seq(&s.lane).map_err(std::io::Error::other)?;
-        confirmed.entry(s.lane.clone()).or_insert_with(|| match in_outbox.get(&s.lane) {
+        confirmed.entry(s.lane).or_insert_with(|| match in_outbox.get(&s.lane) {
             Some(first) => first - 1,
             None => committed_next - 1,
         });
@@ -340,7 +340,7 @@ impl Sequencer {
                     Item::Event { record, note } => {
                         let lane_probe = Lane {
                             day: record.occurred_at.day(),
-                            class: record.retention_class.clone(),
+                            class: record.retention_class,
                         };
                         if !self.confirmed.contains_key(&lane_probe) {
                             match self.batcher.next_seq(&lane_probe) {
@@ -355,7 +355,7 @@ impl Sequencer {
                         }
                         match self.batcher.reserve(record) {
                             Ok(Reserved::New { lane, seq, record }) => {
-                                news.push((lane.clone(), seq, record));
+                                news.push((lane, seq, record));
                                 owners.push(req);
                                 EventOutcome::Accepted { lane, seq, note }
                             }
@@ -371,10 +371,8 @@ impl Sequencer {
         }
         // One append and one fsync for the whole group.
         if !news.is_empty() {
-            let view: Vec<(Lane, u64, &Record)> = news
-                .iter()
-                .map(|(l, s, r)| (l.clone(), *s, r.as_ref()))
-                .collect();
+            let view: Vec<(Lane, u64, &Record)> =
+                news.iter().map(|(l, s, r)| (*l, *s, r.as_ref())).collect();
             let started = Instant::now();
             let written = self.spool.append(&view).and_then(|()| self.spool.sync());
             m::fsync(started.elapsed());
@@ -383,7 +381,7 @@ impl Sequencer {
                 tracing::error!(error = %e, events = news.len(), "Writing the spool failed; the requests are refused (503) and nothing of them is acknowledged.");
                 let undo: Vec<(Lane, u64, crate::index::Fingerprint)> = news
                     .iter()
-                    .map(|(l, s, r)| (l.clone(), *s, r.fingerprint))
+                    .map(|(l, s, r)| (*l, *s, r.fingerprint))
                     .collect();
                 self.batcher.rollback(&undo);
                 let failed: std::collections::HashSet<usize> = owners.iter().copied().collect();

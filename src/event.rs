@@ -22,8 +22,8 @@
 //! `retention_class` as submitted (omitted when not submitted): what the upstream said, not
 //! what we added.
 
+use crate::retention::ClassName;
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -912,7 +912,7 @@ fn sniff_event_id(bytes: &[u8]) -> Option<String> {
 pub struct Record {
     pub occurred_at: Timestamp,
     pub ingested_at: Timestamp,
-    pub retention_class: Arc<str>,
+    pub retention_class: ClassName,
     /// SHA-256 of the submitted content, for idempotency.
     pub digest: Hash,
     /// The `event_id`'s fingerprint in the idempotency index, computed once here (on a parse
@@ -960,7 +960,7 @@ const ABSENT: (u32, u32) = (u32::MAX, 0);
 const ESCAPED: (u32, u32) = (u32::MAX, 1);
 
 impl Record {
-    pub fn new(event: Event, ingested_at: Timestamp, retention_class: Arc<str>) -> Record {
+    pub fn new(event: Event, ingested_at: Timestamp, retention_class: ClassName) -> Record {
         let mut stored = String::with_capacity(event.payload.len() + 448);
         let spans = write_view_spans(
             &event.view(Some(ingested_at), Some(&retention_class)),
@@ -991,7 +991,7 @@ impl Record {
     fn compact(
         event: &Event,
         ingested_at: Timestamp,
-        retention_class: Arc<str>,
+        retention_class: ClassName,
         canonical: String,
         spans: &Spans,
         digest: Hash,
@@ -1125,7 +1125,7 @@ impl Record {
             payload: s.payload.get().to_owned(),
         };
         let ingested_at = ts(&s.ingested_at, "ingested_at")?;
-        let class: Arc<str> = s.retention_class.as_ref().into();
+        let class = ClassName::new(&s.retention_class);
         let mut again = String::with_capacity(canonical.len());
         let spans = write_view_spans(&event.view(Some(ingested_at), Some(&class)), &mut again);
         if again.as_bytes() != canonical.as_slice() {

@@ -21,11 +21,11 @@
 //! it belongs to a batch confirmed in the store (for each lane, the confirmed high-water
 //! sequence number has reached the file's highest sequence number in that lane).
 
+use crate::retention::ClassName;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use crate::event::Record;
 use crate::merkle::Hash;
@@ -95,7 +95,7 @@ fn decode(payload: &[u8]) -> Option<Spooled> {
     if rest.len() < class_len + 32 {
         return None;
     }
-    let class: Arc<str> = std::str::from_utf8(&rest[..class_len]).ok()?.into();
+    let class = ClassName::new(std::str::from_utf8(&rest[..class_len]).ok()?);
     let digest: Hash = rest[class_len..class_len + 32].try_into().ok()?;
     Some(Spooled {
         lane: Lane { day, class },
@@ -157,7 +157,7 @@ impl Spool {
                     break;
                 };
                 at += 8 + u64::from(len);
-                let lane_max = info.lanes.entry(spooled.lane.clone()).or_insert(0);
+                let lane_max = info.lanes.entry(spooled.lane).or_insert(0);
                 *lane_max = (*lane_max).max(spooled.seq);
                 replay(spooled)?;
             }
@@ -240,7 +240,7 @@ impl Spool {
             let crc = crc32fast::hash(&self.scratch[start + 8..]);
             self.scratch[start..start + 4].copy_from_slice(&len.to_le_bytes());
             self.scratch[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-            let max = info.lanes.entry(lane.clone()).or_insert(0);
+            let max = info.lanes.entry(*lane).or_insert(0);
             *max = (*max).max(*seq);
             info.oldest = Some(
                 info.oldest

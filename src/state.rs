@@ -37,10 +37,10 @@ const LANES: TableDefinition<&str, u64> = TableDefinition::new("lanes");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 
 /// A lane: the events of one UTC day and one retention class, numbered from 1.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Lane {
     pub day: Day,
-    pub class: std::sync::Arc<str>,
+    pub class: crate::retention::ClassName,
 }
 
 impl Lane {
