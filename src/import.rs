@@ -123,13 +123,32 @@ enum LineRef {
     TooLong { line: u64, len: u64 },
 }
 
+/// A run of whole lines, split into lines by the parse worker that parses them (which then
+/// finds them in its cache), numbered within the chunk; the sequencer, which takes chunks in
+/// order, adds the lines of the chunks before.
 struct Chunk {
     no: u64,
     data: Text,
-    lines: Vec<LineRef>,
-    /// The bytes of input this chunk accounts for: its text, and any over-long line skipped
-    /// before it.
+    /// The lengths of over-long lines skipped just before this chunk's text: its first lines.
+    skipped: Vec<u64>,
+    /// The chunk's text is `data[..text]`.
+    text: usize,
+    /// The bytes of input this chunk accounts for: its text, and the lines it skipped.
     bytes: u64,
+}
+
+impl Chunk {
+    /// The chunk's lines, numbered from 1 within it, and how many there are, blank and
+    /// whitespace-only lines (which are passed over) included.
+    fn lines(&self, max_line: usize) -> (Vec<LineRef>, u64) {
+        let mut lines: Vec<LineRef> = (1..)
+            .zip(&self.skipped)
+            .map(|(line, &len)| LineRef::TooLong { line, len })
+            .collect();
+        let mut line = self.skipped.len() as u64;
+        split_lines(&self.data[..self.text], max_line, &mut line, &mut lines);
+        (lines, line)
+    }
 }
 
 /// A chunk's text, which its lines index: a buffer read from a stream (it goes back to the
@@ -193,7 +212,10 @@ enum Item {
 
 struct Parsed {
     no: u64,
+    /// Numbered within the chunk.
     items: Vec<Item>,
+    /// The chunk's lines, blank ones included.
+    lines: u64,
     bytes: u64,
 }
 
@@ -296,6 +318,7 @@ pub fn import(
         let mut waiting: BTreeMap<u64, Parsed> = BTreeMap::new();
         let mut next_chunk = 0u64;
         let mut index = 0u64;
+        let mut lines_before = 0u64; // the lines of the chunks taken so far
         let mut stopped = false;
         'chunks: for parsed in parsed_rx.iter() {
             waiting.insert(parsed.no, parsed);
@@ -310,14 +333,18 @@ pub fn import(
                     }
                 }
                 summary.bytes += parsed.bytes;
+                let base = lines_before;
+                lines_before += parsed.lines;
                 for item in parsed.items {
                     summary.events += 1;
                     match item {
                         Item::Err { line, error } => {
+                            let line = base + line;
                             summary.rejected += 1;
                             on_outcome(Outcome::Rejected(Rejection::new(line, index, error)));
                         }
                         Item::Ok { line, record, note } => {
+                            let line = base + line;
                             let noted = note.map(|note| (record.event_id().to_owned(), note));
                             match batcher.admit(record)? {
                                 Admission::Accepted { .. } => {
@@ -433,8 +460,8 @@ fn parse_worker(
     for chunk in rx {
         let now = Timestamp::now();
         let limits = archive.limits(now);
-        let items = chunk
-            .lines
+        let (lines, count) = chunk.lines(limits.max_event_bytes);
+        let items = lines
             .iter()
             .map(|l| match *l {
                 LineRef::TooLong { line, len } => Item::Err {
@@ -476,6 +503,7 @@ fn parse_worker(
             .send(Parsed {
                 no: chunk.no,
                 items,
+                lines: count,
                 bytes: chunk.bytes,
             })
             .is_err()
@@ -502,14 +530,14 @@ fn read_chunks(
     const READ_BYTES: usize = 256 * 1024;
     let fresh = || vec![0u8; chunk_bytes + READ_BYTES];
     let mut no = 0u64;
-    let mut line = 0u64;
     let mut buf = fresh();
     // `buf[..filled]` holds input not yet sent: whole lines, then at most a partial one.
     let mut filled = 0;
     let mut eof = false;
-    let mut pending_too_long: Vec<LineRef> = Vec::new();
+    // The lengths of the over-long lines skipped since the last chunk, and their bytes.
+    let mut pending_too_long: Vec<u64> = Vec::new();
+    let mut skipped = 0u64;
     let mut skipping: Option<u64> = None; // bytes of an over-long line seen so far
-    let mut skipped = 0u64; // bytes of over-long lines skipped since the last chunk
     // Whether `buf[..filled]` holds a complete line (it never does right after a cut).
     let mut has_newline = false;
     while !eof || filled > 0 || !pending_too_long.is_empty() {
@@ -532,11 +560,7 @@ fn read_chunks(
                         continue;
                     }
                     Some(i) => {
-                        line += 1;
-                        pending_too_long.push(LineRef::TooLong {
-                            line,
-                            len: seen + i as u64,
-                        });
+                        pending_too_long.push(seen + i as u64);
                         skipped += seen + i as u64 + 1;
                         skipping = None;
                         buf.copy_within(i + 1..n, 0);
@@ -552,8 +576,7 @@ fn read_chunks(
             }
         }
         if eof && let Some(seen) = skipping.take() {
-            line += 1;
-            pending_too_long.push(LineRef::TooLong { line, len: seen });
+            pending_too_long.push(seen);
             skipped += seen;
         }
         let cut = if eof {
@@ -577,14 +600,13 @@ fn read_chunks(
         filled = rest;
         let data = std::mem::replace(&mut buf, next);
         has_newline = false;
-        let mut lines = std::mem::take(&mut pending_too_long);
-        split_lines(&data[..cut], max_line, &mut line, &mut lines);
         let bytes = cut as u64 + std::mem::take(&mut skipped);
         if tx
             .send(Chunk {
                 no,
                 data: Text::Read(data),
-                lines,
+                skipped: std::mem::take(&mut pending_too_long),
+                text: cut,
                 bytes,
             })
             .is_err()
@@ -617,7 +639,7 @@ fn map_chunks(
     // Room for a whole chunk, and for a line of the largest size with its CR and LF.
     let window = chunk_bytes.max(max_line + 2) as u64;
     let len = file.metadata()?.len();
-    let (mut at, mut no, mut line) = (0u64, 0u64, 0u64);
+    let (mut at, mut no) = (0u64, 0u64);
     while at < len {
         let end = len.min(at + window);
         // SAFETY: the mapping is read-only and private to this chunk. Its bytes are the
@@ -631,33 +653,35 @@ fn map_chunks(
                 .populate()
                 .map(file)?
         };
-        let mut lines = Vec::new();
-        let (data, bytes) = match (end == len, memchr::memrchr(b'\n', &map)) {
-            (true, _) => (Text::Mapped(map), end - at),
-            (false, Some(i)) => (Text::Mapped(map), i as u64 + 1),
+        let chunk = match (end == len, memchr::memrchr(b'\n', &map)) {
+            (true, _) => Chunk {
+                no,
+                data: Text::Mapped(map),
+                skipped: Vec::new(),
+                text: (end - at) as usize,
+                bytes: end - at,
+            },
+            (false, Some(i)) => Chunk {
+                no,
+                data: Text::Mapped(map),
+                skipped: Vec::new(),
+                text: i + 1,
+                bytes: i as u64 + 1,
+            },
             (false, None) => {
                 // No newline in a window longer than the longest line allowed.
-                let skipped = skip_line(file, end)?;
-                line += 1;
-                lines.push(LineRef::TooLong {
-                    line,
-                    len: skipped - at,
-                });
-                (Text::Read(Vec::new()), (skipped - at + 1).min(len - at))
+                let newline = skip_line(file, end)?;
+                Chunk {
+                    no,
+                    data: Text::Read(Vec::new()),
+                    skipped: vec![newline - at],
+                    text: 0,
+                    bytes: (newline - at + 1).min(len - at),
+                }
             }
         };
-        if let Text::Mapped(map) = &data {
-            split_lines(&map[..bytes as usize], max_line, &mut line, &mut lines);
-        }
-        if tx
-            .send(Chunk {
-                no,
-                data,
-                lines,
-                bytes,
-            })
-            .is_err()
-        {
+        let bytes = chunk.bytes;
+        if tx.send(chunk).is_err() {
             break;
         }
         at += bytes;
@@ -821,21 +845,26 @@ mod tests {
         let (tx, rx) = bounded::<Chunk>(4);
         let splitter = std::thread::spawn(move || split(tx));
         let mut got = Vec::new();
-        let mut bytes = 0;
+        let (mut bytes, mut lines_before) = (0, 0);
         for (no, chunk) in rx.into_iter().enumerate() {
             assert_eq!(chunk.no, no as u64, "chunks numbered in order");
-            for l in &chunk.lines {
-                got.push(match *l {
+            let (lines, count) = chunk.lines(max_line);
+            for l in lines {
+                got.push(match l {
                     LineRef::Text { line, start, end } => {
-                        assert!(end as u64 <= chunk.bytes, "a line inside its chunk");
-                        (line, Seen::Text(chunk.data[start..end].to_vec()))
+                        assert!(end <= chunk.text, "a line inside its chunk's text");
+                        (
+                            lines_before + line,
+                            Seen::Text(chunk.data[start..end].to_vec()),
+                        )
                     }
                     LineRef::TooLong { line, len } => {
                         assert!(len > max_line as u64, "line {line}: {len}");
-                        (line, Seen::TooLong)
+                        (lines_before + line, Seen::TooLong)
                     }
                 });
             }
+            lines_before += count;
             bytes += chunk.bytes;
             if let Text::Read(buf) = chunk.data {
                 let _ = spare.try_send(buf);
