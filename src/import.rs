@@ -517,7 +517,7 @@ fn parse_worker(
 /// memory: it is skipped up to its newline and reported as too large.
 ///
 /// The input is read straight into the chunk buffers, which go round between this thread and
-/// the parse workers at their full length: a chunk's text is its first `bytes` bytes, and the
+/// the parse workers at their full length: a chunk's text is its first `text` bytes, and the
 /// rest is whatever an earlier chunk left there. Reading through a separate buffer, or
 /// zeroing a buffer again before each use, copied or wrote every byte of the input once more.
 fn read_chunks(
@@ -621,7 +621,7 @@ fn read_chunks(
 /// Splits a regular file into chunks of whole lines, each with its own read-only mapping of
 /// its range of the file: the parse workers read the file's bytes where the kernel keeps them,
 /// and dropping a chunk unmaps it, so the memory this process holds stays bounded by the
-/// chunks in flight whatever the file's size. A chunk's text is the first `Chunk::bytes` bytes
+/// chunks in flight whatever the file's size. A chunk's text is the first `Chunk::text` bytes
 /// of its mapping (the rest, up to the next chunk, is mapped again by that chunk). A line
 /// longer than `max_line` is not mapped: it is skipped up to its newline and reported as too
 /// large.
