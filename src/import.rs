@@ -623,8 +623,9 @@ fn read_chunks(
 /// and dropping a chunk unmaps it, so the memory this process holds stays bounded by the
 /// chunks in flight whatever the file's size. A chunk's text is the first `Chunk::text` bytes
 /// of its mapping (the rest, up to the next chunk, is mapped again by that chunk). A line
-/// longer than `max_line` is not mapped: it is skipped up to its newline and reported as too
-/// large.
+/// longer than `max_line` is reported as too large; one that does not even fit the window (a
+/// chunk, or `max_line` and its line ending if larger) is not mapped at all, only skipped up
+/// to its newline.
 ///
 /// The file must not be truncated or rewritten while it is imported (a file still being
 /// written belongs on standard input): a mapped page that no longer exists ends the process
