@@ -350,14 +350,26 @@ impl Day {
 
 impl fmt::Display for Day {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = self.date();
-        write!(f, "{:04}-{:02}-{:02}", d.year(), d.month(), d.day())
+        let start = self.start();
+        if start.has_four_digit_year() {
+            // Without `fmt`'s padded integers: the daemon formats a day for every event it
+            // acknowledges.
+            f.pad(std::str::from_utf8(&start.date_text()).expect("ASCII"))
+        } else {
+            let d = self.date();
+            write!(f, "{:04}-{:02}-{:02}", d.year(), d.month(), d.day())
+        }
     }
 }
 
 impl serde::Serialize for Day {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        let start = self.start();
+        if start.has_four_digit_year() {
+            s.serialize_str(std::str::from_utf8(&start.date_text()).expect("ASCII"))
+        } else {
+            s.collect_str(self)
+        }
     }
 }
 
@@ -371,6 +383,27 @@ impl<'de> serde::Deserialize<'de> for Day {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A day's text is chrono's `YYYY-MM-DD` (zero-padded, sign and all outside years
+    /// 0001-9999), in `Display` (honouring a width within those years) and in JSON.
+    #[test]
+    fn days_format_as_chrono_dates() {
+        let first = Day::parse("0001-01-01").unwrap();
+        let last = Day::parse("9999-12-31").unwrap();
+        let samples = (-2..3)
+            .map(|k| Day(first.0 + k))
+            .chain((-2..3).map(|k| Day(last.0 + k)))
+            .chain((-800..800).map(|k| Day(k * 53 + k % 7)));
+        for day in samples {
+            let d = day.date();
+            let want = format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day());
+            assert_eq!(day.to_string(), want);
+            if day.start().has_four_digit_year() {
+                assert_eq!(format!("{day:>12}"), format!("{want:>12}"));
+            }
+            assert_eq!(serde_json::to_string(&day).unwrap(), format!("{want:?}"));
+        }
+    }
 
     /// Every instant formats without a panic, however far outside the accepted years: a full
     /// sweep formats timestamp columns read from segments that may have been tampered with.
