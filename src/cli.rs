@@ -37,8 +37,8 @@ pub enum Command {
     /// stderr with its line, event_id, field and reason; the exit code is 1 if any was refused.
     Archive {
         /// The NDJSON file, or `-` for stdin. A regular file is read through memory mappings
-        /// and must not be truncated or rewritten during the import; pipe a file that is
-        /// still being written through stdin.
+        /// and must not be truncated or rewritten during the import; a file that may still
+        /// change is read safely as stdin (`- < FILE`).
         file: PathBuf,
         /// Print the summary as JSON on stdout, and refusals as JSON lines on stderr.
         #[arg(long)]
