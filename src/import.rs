@@ -138,16 +138,16 @@ struct Chunk {
 }
 
 impl Chunk {
-    /// The chunk's lines, numbered from 1 within it, and how many there are, blank and
-    /// whitespace-only lines (which are passed over) included.
-    fn lines(&self, max_line: usize) -> (Vec<LineRef>, u64) {
-        let mut lines: Vec<LineRef> = (1..)
-            .zip(&self.skipped)
-            .map(|(line, &len)| LineRef::TooLong { line, len })
-            .collect();
+    /// Hands `f` the chunk's lines in order, numbered from 1 within it, each as soon as it is
+    /// found (so that it is parsed while the scan has it in the cache); returns how many
+    /// lines the chunk has, blank and whitespace-only lines (which are passed over) included.
+    fn for_each_line(&self, max_line: usize, mut f: impl FnMut(LineRef)) -> u64 {
+        for (line, &len) in (1..).zip(&self.skipped) {
+            f(LineRef::TooLong { line, len });
+        }
         let mut line = self.skipped.len() as u64;
-        split_lines(&self.data[..self.text], max_line, &mut line, &mut lines);
-        (lines, line)
+        split_lines(&self.data[..self.text], max_line, &mut line, f);
+        line
     }
 }
 
@@ -460,10 +460,9 @@ fn parse_worker(
     for chunk in rx {
         let now = Timestamp::now();
         let limits = archive.limits(now);
-        let (lines, count) = chunk.lines(limits.max_event_bytes);
-        let items = lines
-            .iter()
-            .map(|l| match *l {
+        let mut items = Vec::new();
+        let count = chunk.for_each_line(limits.max_event_bytes, |l| {
+            items.push(match l {
                 LineRef::TooLong { line, len } => Item::Err {
                     line,
                     error: EventError {
@@ -492,7 +491,7 @@ fn parse_worker(
                     }
                 }
             })
-            .collect();
+        });
         // The reader may be gone or have enough spares; then the buffer is simply freed. A
         // chunk's mapping is simply dropped: its pages stay in the page cache, not in memory
         // this process holds.
@@ -707,10 +706,10 @@ fn skip_line(file: &std::fs::File, mut from: u64) -> std::io::Result<u64> {
     }
 }
 
-/// Appends `data`'s lines (numbered on from `line`) to `lines`: blank and whitespace-only
+/// Hands `data`'s lines (numbered on from `line`) to `f`: blank and whitespace-only
 /// lines are passed over, a CR before the newline is not part of its line, and a line longer
 /// than `max_line` is reported as too large. The last line needs no newline.
-fn split_lines(data: &[u8], max_line: usize, line: &mut u64, lines: &mut Vec<LineRef>) {
+fn split_lines(data: &[u8], max_line: usize, line: &mut u64, mut f: impl FnMut(LineRef)) {
     let mut start = 0;
     while start < data.len() {
         let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |i| start + i);
@@ -721,12 +720,12 @@ fn split_lines(data: &[u8], max_line: usize, line: &mut u64, lines: &mut Vec<Lin
         }
         if data[start..e].iter().any(|b| !b.is_ascii_whitespace()) {
             if e - start > max_line {
-                lines.push(LineRef::TooLong {
+                f(LineRef::TooLong {
                     line: *line,
                     len: (e - start) as u64,
                 });
             } else {
-                lines.push(LineRef::Text {
+                f(LineRef::Text {
                     line: *line,
                     start,
                     end: e,
@@ -849,7 +848,8 @@ mod tests {
         let (mut bytes, mut lines_before) = (0, 0);
         for (no, chunk) in rx.into_iter().enumerate() {
             assert_eq!(chunk.no, no as u64, "chunks numbered in order");
-            let (lines, count) = chunk.lines(max_line);
+            let mut lines = Vec::new();
+            let count = chunk.for_each_line(max_line, |l| lines.push(l));
             for l in lines {
                 got.push(match l {
                     LineRef::Text { line, start, end } => {
