@@ -145,9 +145,21 @@ impl Chunk {
         for (line, &len) in (1..).zip(&self.skipped) {
             f(LineRef::TooLong { line, len });
         }
-        let mut line = self.skipped.len() as u64;
-        split_lines(&self.data[..self.text], max_line, &mut line, f);
-        line
+        let first = self.skipped.len() as u64;
+        ndjson_lines(&self.data[..self.text], first, |line, r| {
+            f(if r.len() > max_line {
+                LineRef::TooLong {
+                    line,
+                    len: r.len() as u64,
+                }
+            } else {
+                LineRef::Text {
+                    line,
+                    start: r.start,
+                    end: r.end,
+                }
+            })
+        })
     }
 }
 
@@ -706,34 +718,30 @@ fn skip_line(file: &std::fs::File, mut from: u64) -> std::io::Result<u64> {
     }
 }
 
-/// Hands `data`'s lines (numbered on from `line`) to `f`: blank and whitespace-only
-/// lines are passed over, a CR before the newline is not part of its line, and a line longer
-/// than `max_line` is reported as too large. The last line needs no newline.
-fn split_lines(data: &[u8], max_line: usize, line: &mut u64, mut f: impl FnMut(LineRef)) {
+/// Hands `f` each line of NDJSON `data` that holds anything, with its number (counting on
+/// from `line`, the number of the line before) and where it is: blank and whitespace-only
+/// lines are passed over but counted, a CR before the newline is not part of its line, and
+/// the last line needs no newline. Returns the number of the last line. Imports and the
+/// daemon's request bodies are read by this one rule.
+pub(crate) fn ndjson_lines(
+    data: &[u8],
+    mut line: u64,
+    mut f: impl FnMut(u64, std::ops::Range<usize>),
+) -> u64 {
     let mut start = 0;
     while start < data.len() {
         let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |i| start + i);
-        *line += 1;
+        line += 1;
         let mut e = end;
         if e > start && data[e - 1] == b'\r' {
             e -= 1;
         }
         if data[start..e].iter().any(|b| !b.is_ascii_whitespace()) {
-            if e - start > max_line {
-                f(LineRef::TooLong {
-                    line: *line,
-                    len: (e - start) as u64,
-                });
-            } else {
-                f(LineRef::Text {
-                    line: *line,
-                    start,
-                    end: e,
-                });
-            }
+            f(line, start..e);
         }
         start = end + 1;
     }
+    line
 }
 
 #[cfg(test)]

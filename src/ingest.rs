@@ -243,18 +243,10 @@ fn parse_body(
     match framing {
         Framing::Ndjson => {
             let mut index = 0;
-            let mut start = 0;
-            let ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
-            for (n, end) in ends.enumerate() {
-                let raw = &body[start..end];
-                start = end + 1;
-                let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-                if raw.iter().all(|b| b.is_ascii_whitespace()) {
-                    continue;
-                }
-                push(index, Some(n + 1), raw);
+            crate::import::ndjson_lines(body, 0, |line, r| {
+                push(index, Some(line as usize), &body[r]);
                 index += 1;
-            }
+            });
         }
         Framing::Json => {
             let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();

@@ -387,6 +387,18 @@ fn malformed_input_gets_precise_answers_and_good_events_still_land() {
     assert_eq!(r.json()["results"][0]["code"], "too_large");
     assert_eq!(r.json()["accepted"], 1);
 
+    // CRLF endings and blank lines: lines are numbered as `wormvault archive` numbers them.
+    let crlf = format!("\r\n  \r\n{}\r\n{{\"event_id\":\"crlf-bad\"}}\r\n", good[0]);
+    let v = post(&c, &nd, crlf).json();
+    assert_eq!(
+        (v["duplicates"].as_u64(), v["rejected"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+    assert_eq!(v["results"][0]["line"], 3, "{v}");
+    assert_eq!(v["results"][1]["line"], 4, "{v}");
+    assert_eq!(v["results"][1]["event_id"], "crlf-bad", "{v}");
+
     // Whole-request refusals.
     assert_eq!(post(&c, &nd, "").status, 400);
     assert_eq!(post(&c, &nd, "\n \n").status, 400);
