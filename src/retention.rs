@@ -132,8 +132,8 @@ pub const SHIPPED_DEFAULT_CLASS: &str = "sec-17a-4-a";
 /// the life of the process, so a name is `Copy` and every record, lane and batch carries one
 /// without a shared reference count. (With `ClassName`, each record's clone and drop of its
 /// class was an atomic operation on a cache line that every pipeline thread writes: 80 % of
-/// the time spent dropping a record, in `perf`.) Only the names of configured classes, and
-/// those read back from the spool or from segments, are ever interned.
+/// the time spent dropping a record, in `perf`.) Names come only from the configuration and
+/// from the daemon's own spool, outbox and state, so the interned set stays that small.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClassName(&'static str);
 

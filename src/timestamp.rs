@@ -364,12 +364,7 @@ impl fmt::Display for Day {
 
 impl serde::Serialize for Day {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let start = self.start();
-        if start.has_four_digit_year() {
-            s.serialize_str(std::str::from_utf8(&start.date_text()).expect("ASCII"))
-        } else {
-            s.collect_str(self)
-        }
+        s.collect_str(self)
     }
 }
 
