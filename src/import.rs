@@ -191,13 +191,15 @@ pub enum Input {
 
 impl Input {
     /// Opens `path` (`-` is standard input). Regular files are mapped chunk by chunk; other
-    /// files (pipes, devices) are read.
+    /// files (pipes, devices) are read, and so are files that say they are empty (files of
+    /// `/proc` do, whatever they hold).
     pub fn open(path: &std::path::Path) -> std::io::Result<Input> {
         if path.as_os_str() == "-" {
             return Ok(Input::Stream(Box::new(std::io::stdin())));
         }
         let file = std::fs::File::open(path)?;
-        Ok(if file.metadata()?.is_file() {
+        let meta = file.metadata()?;
+        Ok(if meta.is_file() && meta.len() > 0 {
             Input::File(file)
         } else {
             Input::Stream(Box::new(file))
@@ -841,6 +843,25 @@ mod tests {
                 assert!(g == e, "line {} came out as line {}", e.0, g.0);
             }
         }
+    }
+
+    /// Regular files with content are mapped; files that report no size (as `/proc` files
+    /// do, though they hold text) and pipes are read.
+    #[test]
+    fn only_files_with_a_size_are_mapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = dir.path().join("full.ndjson");
+        std::fs::write(&full, b"{}\n").unwrap();
+        let empty = dir.path().join("empty.ndjson");
+        std::fs::write(&empty, b"").unwrap();
+        let open = |p: &std::path::Path| Input::open(p).unwrap();
+        assert!(matches!(open(&full), Input::File(_)));
+        assert!(matches!(open(&empty), Input::Stream(_)));
+        assert!(matches!(
+            open(std::path::Path::new("/proc/self/cmdline")),
+            Input::Stream(_)
+        ));
+        assert!(matches!(open(std::path::Path::new("-")), Input::Stream(_)));
     }
 
     /// The lines of the chunks `split` makes, in order; each chunk's buffer goes back to it
