@@ -164,7 +164,8 @@ impl Chunk {
 }
 
 /// A chunk's text, which its lines index: a buffer read from a stream (it goes back to the
-/// reader once parsed), or the chunk's own mapping of a file.
+/// reader once parsed; empty in a chunk of a mapped file that only skips an over-long line),
+/// or the chunk's own mapping of a file.
 enum Text {
     Read(Vec<u8>),
     Mapped(memmap2::Mmap),
