@@ -69,11 +69,11 @@ pub enum Command {
         #[arg(long)]
         full: bool,
         /// First UTC day (YYYY-MM-DD) to sweep.
-        #[arg(long)]
-        from: Option<String>,
+        #[arg(long, value_parser = day_arg)]
+        from: Option<Day>,
         /// Last UTC day to sweep.
-        #[arg(long)]
-        to: Option<String>,
+        #[arg(long, value_parser = day_arg)]
+        to: Option<Day>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -99,16 +99,16 @@ pub enum Command {
     /// daily root over the day's manifests, sign it, store it sealed (and mirror it).
     Anchor {
         /// The last day to anchor (YYYY-MM-DD); it must be over.
-        #[arg(long)]
-        day: Option<String>,
+        #[arg(long, value_parser = day_arg)]
+        day: Option<Day>,
     },
     /// Write the offline proof bundle of one event (JSON): the event, its inclusion in its
     /// segment, the manifest, its inclusion in the daily root, the signed anchor, the key.
     Prove {
         event_id: String,
         /// Look from this UTC day on (the day the event occurred): faster on large archives.
-        #[arg(long)]
-        day: Option<String>,
+        #[arg(long, value_parser = day_arg)]
+        day: Option<Day>,
         /// Write the bundle here instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -177,8 +177,9 @@ pub enum IndexCommand {
     /// Build the record index of every anchored day that lacks one (or of DAY), from the
     /// day's segments; an index already stored must come out byte for byte the same.
     Rebuild {
-        #[arg(long)]
-        day: Option<String>,
+        /// The day (YYYY-MM-DD).
+        #[arg(long, value_parser = day_arg)]
+        day: Option<Day>,
     },
 }
 
@@ -248,8 +249,8 @@ pub enum BenchCommand {
         #[arg(long)]
         out: PathBuf,
         /// First UTC day of `occurred_at`.
-        #[arg(long, default_value = "2026-11-02")]
-        start: String,
+        #[arg(long, default_value = "2026-11-02", value_parser = day_arg)]
+        start: Day,
         /// Number of days the events spread over.
         #[arg(long, default_value_t = 3)]
         days: u32,
@@ -434,26 +435,20 @@ pub fn run(cli: Cli) -> ExitCode {
             start,
             days,
             seed,
-        }) => {
-            let Some(start) = Day::parse(&start) else {
-                eprintln!("error: --start must be a day like 2026-11-02");
-                return ExitCode::from(2);
-            };
-            match crate::bench::generate(&out, events, start, days, seed) {
-                Ok(bytes) => {
-                    println!(
-                        "wrote {events} events ({bytes} bytes, {} bytes/event) to {}",
-                        bytes / events.max(1),
-                        out.display()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: writing {}: {e}", out.display());
-                    ExitCode::from(2)
-                }
+        }) => match crate::bench::generate(&out, events, start, days, seed) {
+            Ok(bytes) => {
+                println!(
+                    "wrote {events} events ({bytes} bytes, {} bytes/event) to {}",
+                    bytes / events.max(1),
+                    out.display()
+                );
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("error: writing {}: {e}", out.display());
+                ExitCode::from(2)
+            }
+        },
         Command::Bench(BenchCommand::Archive { events, dir }) => bench_archive(events, dir),
         Command::Bench(BenchCommand::Ingest {
             events,
@@ -564,25 +559,12 @@ fn bucket_check_cmd(settings: &Settings, json: bool) -> ExitCode {
 fn verify_cmd(
     settings: Settings,
     full: bool,
-    from: Option<String>,
-    to: Option<String>,
+    from: Option<Day>,
+    to: Option<Day>,
     json: bool,
     no_report: bool,
     parallelism: usize,
 ) -> ExitCode {
-    let day = |s: Option<String>, what: &str| -> Result<Option<Day>, ExitCode> {
-        match s {
-            None => Ok(None),
-            Some(s) => Day::parse(&s).map(Some).ok_or_else(|| {
-                eprintln!("error: --{what} must be a day like 2026-11-20, not {s:?}");
-                ExitCode::from(2)
-            }),
-        }
-    };
-    let (from, to) = match (day(from, "from"), day(to, "to")) {
-        (Ok(f), Ok(t)) => (f, t),
-        (Err(c), _) | (_, Err(c)) => return c,
-    };
     // Hashing and decoding run on the blocking pool: one thread per core keeps them from
     // competing for the CPU (and each thread's allocator heap out of the peak RSS), while
     // `parallelism` objects stay in flight so reads overlap the CPU work.
@@ -659,17 +641,8 @@ fn keygen_cmd(name: &str, out: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn anchor_cmd(settings: Settings, day: Option<String>) -> ExitCode {
-    let day = match day {
-        None => crate::timestamp::Timestamp::now().day().prev(),
-        Some(s) => match Day::parse(&s) {
-            Some(d) => d,
-            None => {
-                eprintln!("error: --day must be a day like 2026-11-20, not {s:?}");
-                return ExitCode::from(2);
-            }
-        },
-    };
+fn anchor_cmd(settings: Settings, day: Option<Day>) -> ExitCode {
+    let day = day.unwrap_or_else(|| crate::timestamp::Timestamp::now().day().prev());
     let rt = runtime();
     let result = rt.block_on(async {
         let store = crate::archive::open_store(&settings)
@@ -710,17 +683,9 @@ fn anchor_cmd(settings: Settings, day: Option<String>) -> ExitCode {
 fn prove_cmd(
     settings: Settings,
     event_id: &str,
-    day: Option<String>,
+    near: Option<Day>,
     out: Option<PathBuf>,
 ) -> ExitCode {
-    let near = match day.as_deref().map(Day::parse) {
-        None => None,
-        Some(Some(d)) => Some(d),
-        Some(None) => {
-            eprintln!("error: --day must be a day like 2026-11-20");
-            return ExitCode::from(2);
-        }
-    };
     let Some(anchor) = &settings.anchor else {
         eprintln!("error: anchoring is not configured ([anchor]); a proof needs the day's anchor");
         return ExitCode::from(2);
@@ -921,15 +886,7 @@ fn verify_proof_cmd(file: &std::path::Path, keys: &[String]) -> ExitCode {
     }
 }
 
-fn index_rebuild_cmd(settings: Settings, day: Option<String>) -> ExitCode {
-    let day = match day.as_deref().map(Day::parse) {
-        None => None,
-        Some(Some(d)) => Some(d),
-        Some(None) => {
-            eprintln!("error: --day must be a day like 2026-11-20");
-            return ExitCode::from(2);
-        }
-    };
+fn index_rebuild_cmd(settings: Settings, day: Option<Day>) -> ExitCode {
     let rt = runtime();
     let result = rt.block_on(async {
         let store = crate::archive::open_store(&settings)
@@ -1087,6 +1044,12 @@ fn load_settings(path: Option<&std::path::Path>) -> Result<Settings, ExitCode> {
 
 pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// Parses a UTC day argument (`--day`, `--from`, `--to`, `--start`); clap reports a bad one
+/// with the option's name and exits with 2.
+fn day_arg(s: &str) -> Result<Day, String> {
+    Day::parse(s).ok_or_else(|| "must be a UTC day like 2026-11-20".to_owned())
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -136,3 +136,27 @@ fn config_check_prints_resolved_settings_or_precise_errors() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("max_evnts"));
 }
+
+#[test]
+fn a_day_argument_that_is_not_a_day_is_refused_with_the_option_named() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["anchor", "--day", "yesterday"][..],
+        &["prove", "e-1", "--day", "2026-13-01"],
+        &["verify", "--from", "2026-11-02", "--to", "11/20/2026"],
+        &["index", "rebuild", "--day", "2026-11-31"],
+        &["bench", "gen", "--out", "x.ndjson", "--start", "2026-11"],
+    ] {
+        let out = wormvault(dir.path(), args, None);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let (option, value) = (args[args.len() - 2], args[args.len() - 1]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(option) && err.contains(value) && err.contains("a UTC day like"),
+            "{args:?}: {err}"
+        );
+    }
+    // Nothing was written by the refused commands.
+    assert!(!dir.path().join("x.ndjson").exists());
+    assert!(!dir.path().join("wormvault-archive").exists());
+}
