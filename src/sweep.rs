@@ -508,20 +508,7 @@ fn version_findings(
     }
     let real: Vec<&VersionEntry> = versions.iter().collect();
     if real.len() > 1 {
-        let ids: Vec<String> = real
-            .iter()
-            .map(|v| {
-                format!(
-                    "{}{}",
-                    v.version_id,
-                    if v.is_delete_marker {
-                        " (delete marker)"
-                    } else {
-                        ""
-                    }
-                )
-            })
-            .collect();
+        let ids: Vec<String> = real.iter().map(|v| v.label()).collect();
         out.push(
             Finding::new(
                 FindingClass::ExtraVersion,

@@ -53,14 +53,7 @@ impl PutRequest {
     ) -> PutRequest {
         let sha256 = merkle::sha256(&body);
         let md5 = crate::segment::md5_digest(&body);
-        PutRequest {
-            key,
-            body,
-            retain_until,
-            sha256,
-            md5,
-            content_type,
-        }
+        PutRequest::with_digests(key, body, sha256, md5, retain_until, content_type)
     }
 
     /// A request for bytes whose digests are already known (and were checked by the caller).
@@ -118,6 +111,17 @@ pub struct VersionEntry {
     pub size: u64,
     /// When this version was written, if the store says.
     pub last_modified: Option<Timestamp>,
+}
+
+impl VersionEntry {
+    /// The version id, marked when the version is a delete marker (for messages and findings).
+    pub fn label(&self) -> String {
+        if self.is_delete_marker {
+            format!("{} (delete marker)", self.version_id)
+        } else {
+            self.version_id.clone()
+        }
+    }
 }
 
 /// The bucket's versioning and Object Lock configuration.
@@ -293,20 +297,7 @@ pub fn check_sealed(
     }
     let live: Vec<&VersionEntry> = versions.iter().filter(|v| v.key == req.key).collect();
     if live.len() != 1 || live[0].is_delete_marker || live[0].version_id != version_id {
-        let list: Vec<String> = live
-            .iter()
-            .map(|v| {
-                format!(
-                    "{}{}",
-                    v.version_id,
-                    if v.is_delete_marker {
-                        " (delete marker)"
-                    } else {
-                        ""
-                    }
-                )
-            })
-            .collect();
+        let list: Vec<String> = live.iter().map(|v| v.label()).collect();
         return fail(format!(
             "the key has {} versions [{}]; exactly one ({version_id}) was expected. The server may ignore If-None-Match",
             live.len(),
