@@ -90,6 +90,34 @@ impl S3Store {
             .into_bytes())
     }
 
+    /// Pages through ListObjectsV2 under `prefix` (grouped at `delimiter` when given),
+    /// handing each page to `each`.
+    async fn list_pages(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        mut each: impl FnMut(&aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output),
+    ) -> Result<(), StoreError> {
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_delimiter(delimiter.map(str::to_owned))
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| map_err(prefix, e))?;
+            each(&page);
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_owned()),
+                _ => return Ok(()),
+            }
+        }
+    }
+
     /// Builds a client from the standard AWS credential chain (environment, profile, web
     /// identity, container and instance metadata) and the settings.
     pub async fn connect(settings: &S3Settings) -> S3Store {
@@ -320,57 +348,28 @@ impl WormStore for S3Store {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ListEntry>, StoreError> {
         let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(prefix)
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| map_err(prefix, e))?;
-            for o in page.contents() {
-                if let Some(key) = o.key() {
-                    out.push(ListEntry {
-                        key: key.to_owned(),
-                        size: o.size().unwrap_or(0).max(0) as u64,
-                    });
-                }
-            }
-            match page.next_continuation_token() {
-                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_owned()),
-                _ => break,
-            }
-        }
+        self.list_pages(prefix, None, |page| {
+            out.extend(page.contents().iter().filter_map(|o| {
+                Some(ListEntry {
+                    key: o.key()?.to_owned(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                })
+            }))
+        })
+        .await?;
         Ok(out)
     }
 
     async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(prefix)
-                .delimiter("/")
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| map_err(prefix, e))?;
+        self.list_pages(prefix, Some("/"), |page| {
             out.extend(
                 page.common_prefixes()
                     .iter()
                     .filter_map(|p| p.prefix().map(str::to_owned)),
-            );
-            match page.next_continuation_token() {
-                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_owned()),
-                _ => break,
-            }
-        }
+            )
+        })
+        .await?;
         out.sort();
         Ok(out)
     }
