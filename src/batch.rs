@@ -104,6 +104,9 @@ struct OpenBatch {
         reason = "records arrive boxed from the parse threads; moving pointers is the point"
     )]
     records: Vec<Box<Record>>,
+    /// The records' fingerprints, gathered as they are placed: at close they become the
+    /// batch's in-flight set without a second pass over records long out of the cache.
+    fingerprints: Vec<Fingerprint>,
     bytes: usize,
     opened: Instant,
 }
@@ -303,6 +306,7 @@ impl Batcher {
         let batch = self.open.entry(lane).or_insert_with(|| OpenBatch {
             first_seq: this_seq,
             records: Vec::new(),
+            fingerprints: Vec::new(),
             bytes: 0,
             opened: Instant::now(),
         });
@@ -311,6 +315,7 @@ impl Batcher {
             this_seq,
             "placed out of order"
         );
+        batch.fingerprints.push(record.fingerprint);
         batch.records.push(record);
         batch.bytes += weight;
         if batch.records.len() >= self.limits.max_events || batch.bytes >= self.limits.max_bytes {
@@ -336,10 +341,7 @@ impl Batcher {
         self.open_bytes -= batch.bytes;
         let batch_idx = self.next_batch_idx;
         self.next_batch_idx += 1;
-        self.in_flight.insert(
-            batch_idx,
-            batch.records.iter().map(|r| r.fingerprint).collect(),
-        );
+        self.in_flight.insert(batch_idx, batch.fingerprints);
         self.closed.push(ClosedBatch {
             batch_idx,
             lane: *lane,
