@@ -15,6 +15,8 @@ use crate::timestamp::{Day, Timestamp};
 
 /// DESIGN.md's measured single-thread ceiling of the whole pipeline.
 pub const PIPELINE_CEILING_PER_CORE: f64 = 350_000.0;
+/// The import throughput targeted on the reference machine, in events/s (docs/BENCHMARKS.md).
+pub const ARCHIVE_TARGET: f64 = 250_000.0;
 
 /// SplitMix64: small, fast, deterministic.
 pub struct Rng(u64);

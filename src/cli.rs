@@ -1289,6 +1289,7 @@ fn bench_archive(events: u64, dir: Option<PathBuf>) -> ExitCode {
         Err(e) => return fail(e),
     };
     crate::bench::reset_peak_rss();
+    let cpu_before = crate::bench::cpu_seconds_of("self");
     let summary = match import(
         &archive,
         file,
@@ -1299,6 +1300,9 @@ fn bench_archive(events: u64, dir: Option<PathBuf>) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    let cpu = cpu_before
+        .zip(crate::bench::cpu_seconds_of("self"))
+        .map(|(a, b)| b - a);
     let secs = summary.elapsed.as_secs_f64();
     let rate = summary.events as f64 / secs;
     let cores = cores();
@@ -1318,6 +1322,16 @@ fn bench_archive(events: u64, dir: Option<PathBuf>) -> ExitCode {
         rate / crate::bench::PIPELINE_CEILING_PER_CORE,
         rate / crate::bench::PIPELINE_CEILING_PER_CORE / cores as f64
     );
+    if let Some(cpu) = cpu {
+        // Steadier than throughput on a shared host, and what the target comes down to.
+        println!(
+            "cpu             {:.1} us per event (user + system), {:.2} of {cores} cores busy; {:.0} events/s on {cores} cores needs at most {:.1}",
+            cpu * 1e6 / summary.events.max(1) as f64,
+            cpu / secs,
+            crate::bench::ARCHIVE_TARGET,
+            cores as f64 * 1e6 / crate::bench::ARCHIVE_TARGET
+        );
+    }
     match crate::bench::peak_rss_bytes() {
         Some(rss) => println!("peak RSS        {:.0} MiB", rss as f64 / (1 << 20) as f64),
         None => println!("peak RSS        (not reported by this platform)"),
