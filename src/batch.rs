@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::event::Record;
 use crate::index::{Fingerprint, Index};
-use crate::state::{Lane, State, StateError};
+use crate::state::{Lane, LaneMap, State, StateError};
 use crate::timestamp::{Day, Timestamp};
 
 /// Fingerprints are uniformly random already: the hash is their first eight bytes.
@@ -190,8 +190,8 @@ pub struct Batcher {
     limits: BatchLimits,
     state: Arc<State>,
     index: Arc<Index>,
-    open: HashMap<Lane, OpenBatch>,
-    next_seq: HashMap<Lane, u64>,
+    open: LaneMap<OpenBatch>,
+    next_seq: LaneMap<u64>,
     next_batch_idx: u64,
     /// Fingerprint → digest prefix of events in open or in-flight batches.
     pending: FpMap<[u8; 12]>,
@@ -212,8 +212,8 @@ impl Batcher {
             limits,
             state,
             index,
-            open: HashMap::new(),
-            next_seq: HashMap::new(),
+            open: LaneMap::default(),
+            next_seq: LaneMap::default(),
             next_batch_idx,
             pending: FpMap::default(),
             in_flight: BTreeMap::new(),

@@ -20,7 +20,6 @@
 //! number are already sealed (in the outbox or the store) and are skipped; the others are
 //! placed again with the numbers they were acknowledged with.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,7 +31,7 @@ use crate::batch::{Batcher, Reserved};
 use crate::event::{EventError, Record};
 use crate::pipeline::SealPipeline;
 use crate::spool::Spool;
-use crate::state::Lane;
+use crate::state::{Lane, LaneMap};
 use crate::telemetry::metrics as m;
 
 /// One parsed item of a request, in request order.
@@ -109,7 +108,7 @@ struct Sequencer {
     spool: Spool,
     pipeline: SealPipeline,
     /// Highest sequence number confirmed in the store, per lane with spooled events.
-    confirmed: HashMap<Lane, u64>,
+    confirmed: LaneMap<u64>,
     /// Batches below this index are confirmed in the store.
     uploaded_below: u64,
     limits: SequencerLimits,
@@ -139,7 +138,7 @@ pub fn start(
     });
     // What is sealed but not yet in the store, per lane: the earliest first_seq in the outbox.
     let outbox = archive.state.outbox().map_err(|e| e.to_string())?;
-    let mut in_outbox: HashMap<Lane, u64> = HashMap::new();
+    let mut in_outbox: LaneMap<u64> = LaneMap::default();
     for e in &outbox {
         let lane = Lane {
             day: e.info.day,
@@ -153,7 +152,7 @@ pub fn start(
         .map(|e| e.info.batch_idx)
         .min()
         .unwrap_or(archive.state.next_batch_idx().map_err(|e| e.to_string())?);
-    let mut confirmed: HashMap<Lane, u64> = HashMap::new();
+    let mut confirmed: LaneMap<u64> = LaneMap::default();
     let mut replayed = 0u64;
     let state = archive.state.clone();
     let spool_dir = archive.settings.state_dir.join("spool");

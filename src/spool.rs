@@ -22,14 +22,14 @@
 //! sequence number has reached the file's highest sequence number in that lane).
 
 use crate::retention::ClassName;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::event::Record;
 use crate::merkle::Hash;
-use crate::state::Lane;
+use crate::state::{Lane, LaneMap};
 use crate::timestamp::{Day, Timestamp};
 
 const VERSION: u8 = 1;
@@ -48,7 +48,7 @@ pub struct Spooled {
 struct FileInfo {
     bytes: u64,
     /// Highest sequence number per lane in this file.
-    lanes: HashMap<Lane, u64>,
+    lanes: LaneMap<u64>,
     /// Earliest `ingested_at` in the file.
     oldest: Option<Timestamp>,
 }

@@ -49,6 +49,56 @@ impl Lane {
     }
 }
 
+/// A map keyed by lane. The sequencer looks lanes up several times per event; a lane's key is
+/// a day and a short class name, so a multiply-rotate hash serves instead of SipHash (about
+/// 0.8 % of the daemon's CPU in `perf`). Lanes are few and their days are validated, so there
+/// is nothing to flood.
+pub type LaneMap<V> = std::collections::HashMap<Lane, V, std::hash::BuildHasherDefault<LaneHasher>>;
+
+/// The hasher of [`LaneMap`]: eight bytes per multiply.
+#[derive(Default)]
+pub struct LaneHasher(u64);
+
+impl LaneHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl std::hash::Hasher for LaneHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(n.into());
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(n.into());
+    }
+
+    fn write_i32(&mut self, n: i32) {
+        self.add(n as u32 as u64);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+}
+
 /// The head of this writer's manifest chain in the store.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChainHead {
@@ -364,6 +414,33 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::retention::ClassName;
+
+    #[test]
+    fn lane_hashes_tell_days_and_classes_apart() {
+        use std::hash::BuildHasher;
+        let hasher = std::hash::BuildHasherDefault::<LaneHasher>::default();
+        let classes = ["sec-17a-4-a", "sec-17a-4-b", "finra-4511", "cftc-1-31"].map(ClassName::new);
+        let mut seen = std::collections::HashSet::new();
+        let mut map = LaneMap::default();
+        for days in 19_000..29_000 {
+            for class in classes {
+                let lane = Lane {
+                    day: Day::from_days_since_epoch(days),
+                    class,
+                };
+                assert!(seen.insert(hasher.hash_one(lane)), "{lane:?} collides");
+                map.insert(lane, days);
+            }
+        }
+        // Equal lanes hash equally, whichever copy of the name they were built from.
+        let lane = Lane {
+            day: Day::from_days_since_epoch(20_000),
+            class: ClassName::new(&String::from("finra-4511")),
+        };
+        assert_eq!(map.get(&lane), Some(&20_000));
+        assert_eq!(map.len(), 40_000);
+    }
 
     #[test]
     fn the_last_anchored_day_never_moves_back() {
