@@ -635,11 +635,11 @@ fn read_chunks(
 /// Splits a regular file into chunks of whole lines, each with its own read-only mapping of
 /// its range of the file: the parse workers read the file's bytes where the kernel keeps them,
 /// and dropping a chunk unmaps it, so the memory this process holds stays bounded by the
-/// chunks in flight whatever the file's size. A chunk's text is the first `Chunk::text` bytes
-/// of its mapping (the rest, up to the next chunk, is mapped again by that chunk). A line
-/// longer than `max_line` is reported as too large; one that does not even fit the window (a
-/// chunk, or `max_line` and its line ending if larger) is not mapped at all, only skipped up
-/// to its newline.
+/// chunks in flight whatever the file's size. A chunk is the whole lines of `chunk_bytes` of
+/// the file; its text is the first `Chunk::text` bytes of its mapping (the rest is mapped again
+/// by the next chunk). A line longer than a chunk is a chunk of its own, mapped as far as
+/// `max_line` and its line ending reach; a line longer than that is not mapped at all, only
+/// skipped up to its newline and reported as too large.
 ///
 /// The file must not be truncated or rewritten while it is imported (a file still being
 /// written belongs on standard input): a mapped page that no longer exists ends the process
@@ -651,40 +651,39 @@ fn map_chunks(
     chunk_bytes: usize,
     tx: Sender<Chunk>,
 ) -> std::io::Result<()> {
-    // Room for a whole chunk, and for a line of the largest size with its CR and LF.
-    let window = chunk_bytes.max(max_line + 2) as u64;
+    // How far a line of the largest size allowed reaches, with its CR and LF.
+    let longest = (max_line + 2) as u64;
     let len = file.metadata()?.len();
     let (mut at, mut no) = (0u64, 0u64);
     while at < len {
-        let end = len.min(at + window);
-        // SAFETY: the mapping is read-only and private to this chunk. Its bytes are the
-        // file's as long as nobody changes the file during the import, which the command's
-        // documentation asks (see above); `populate` faults the pages in here, in one call,
-        // rather than one by one in the parse workers.
-        let map = unsafe {
-            memmap2::MmapOptions::new()
-                .offset(at)
-                .len((end - at) as usize)
-                .populate()
-                .map(file)?
-        };
-        let chunk = match (end == len, memchr::memrchr(b'\n', &map)) {
-            (true, _) => Chunk {
-                no,
-                data: Text::Mapped(map),
-                skipped: Vec::new(),
-                text: (end - at) as usize,
-                bytes: end - at,
-            },
-            (false, Some(i)) => Chunk {
+        let mut end = len.min(at + chunk_bytes as u64);
+        let mut map = map_range(file, at, end, true)?;
+        let mut newline = memchr::memrchr(b'\n', &map);
+        if newline.is_none() && end < len && longest > end - at {
+            // A line longer than a chunk: it alone is the chunk, if it ends in time. Its pages
+            // are faulted in as the scan reaches them, so no more of the file is read than
+            // the line.
+            end = len.min(at + longest);
+            map = map_range(file, at, end, false)?;
+            newline = memchr::memchr(b'\n', &map);
+        }
+        let chunk = match (newline, end == len) {
+            (Some(i), _) => Chunk {
                 no,
                 data: Text::Mapped(map),
                 skipped: Vec::new(),
                 text: i + 1,
                 bytes: i as u64 + 1,
             },
-            (false, None) => {
-                // No newline in a window longer than the longest line allowed.
+            (None, true) => Chunk {
+                no,
+                data: Text::Mapped(map),
+                skipped: Vec::new(),
+                text: (end - at) as usize,
+                bytes: end - at,
+            },
+            (None, false) => {
+                // No newline as far as the longest line allowed reaches.
                 let newline = skip_line(file, end)?;
                 Chunk {
                     no,
@@ -703,6 +702,25 @@ fn map_chunks(
         no += 1;
     }
     Ok(())
+}
+
+/// A read-only mapping of `file[at..end]`, its pages faulted in at once when `populate`.
+fn map_range(
+    file: &std::fs::File,
+    at: u64,
+    end: u64,
+    populate: bool,
+) -> std::io::Result<memmap2::Mmap> {
+    let mut options = memmap2::MmapOptions::new();
+    options.offset(at).len((end - at) as usize);
+    if populate {
+        // In one call here, rather than page by page in the parse workers.
+        options.populate();
+    }
+    // SAFETY: the mapping is read-only and private to its chunk. Its bytes are the file's as
+    // long as nobody changes the file during the import, which the command's documentation
+    // asks (see `map_chunks`).
+    unsafe { options.map(file) }
 }
 
 /// The offset of the first newline in `file` at or after `from` (or the file's end).
@@ -785,9 +803,15 @@ mod tests {
     /// whitespace-only lines (passed over), CRLF endings, and a last line without a newline.
     #[test]
     fn chunks_hold_every_line_whole_whatever_the_reads() {
-        // Small chunks, so that many lines, short and long, fall across a cut.
+        // Small chunks, so that many lines, short and long, fall across a cut; a limit on
+        // lines below the chunk size, and one above it (lines longer than a chunk are held).
+        for max_line in [3000, 20_000] {
+            chunks_hold_every_line_whole(max_line);
+        }
+    }
+
+    fn chunks_hold_every_line_whole(max_line: usize) {
         const CHUNK: usize = 8 * 1024;
-        let max_line = 3000;
         let mut text = Vec::new();
         let mut expected = Vec::new();
         let mut line = 0u64;
@@ -831,10 +855,11 @@ mod tests {
             state: 7,
         });
         let (spare_tx, spare_rx) = bounded::<Vec<u8>>(4);
-        let read = lines_out(max_line, spare_tx, move |tx| {
+        let read = lines_out(max_line, None, spare_tx, move |tx| {
             read_chunks(input, max_line, CHUNK, tx, spare_rx)
         });
-        let mapped = lines_out(max_line, bounded(1).0, move |tx| {
+        // A mapped chunk is at most a chunk long, unless it is one line longer than that.
+        let mapped = lines_out(max_line, Some(CHUNK), bounded(1).0, move |tx| {
             map_chunks(&file, max_line, CHUNK, tx)
         });
         for (got, bytes) in [read, mapped] {
@@ -869,6 +894,7 @@ mod tests {
     /// through `spare`, as the parse workers send them back.
     fn lines_out(
         max_line: usize,
+        chunk_text: Option<usize>,
         spare: Sender<Vec<u8>>,
         split: impl FnOnce(Sender<Chunk>) -> std::io::Result<()> + Send + 'static,
     ) -> (Vec<(u64, Seen)>, u64) {
@@ -894,6 +920,13 @@ mod tests {
                         (lines_before + line, Seen::TooLong)
                     }
                 });
+            }
+            if let Some(most) = chunk_text {
+                assert!(
+                    chunk.text <= most || count == 1,
+                    "chunk {no}: {} bytes of text in {count} lines",
+                    chunk.text
+                );
             }
             lines_before += count;
             bytes += chunk.bytes;
