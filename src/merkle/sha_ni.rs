@@ -3,9 +3,9 @@
 //! One SHA-256 is a chain of 64 dependent rounds, so a single message leaves the CPU's SHA
 //! unit waiting on each round's result. A full sweep hashes millions of short, independent
 //! leaves (about 570 bytes each), so this module runs the rounds of two leaves interleaved:
-//! while one leaf's round is in flight, the other's issues. On the 2-core AMD EPYC this project
-//! is measured on, pairs hash 1.2-1.35 times as fast as `sha2` does one leaf at a time
-//! (docs/BENCHMARKS.md, "Where the time goes (full)").
+//! while one leaf's round is in flight, the other's issues. On the 2-core machine this project
+//! is measured on (an AMD EPYC host that day), pairs hash 1.2-1.35 times as fast as `sha2`
+//! does one leaf at a time (docs/BENCHMARKS.md, "Where the time goes (full)").
 //!
 //! The round structure is FIPS 180-4 §6.2.2 expressed with the `SHA256RNDS2`, `SHA256MSG1`
 //! and `SHA256MSG2` instructions, whose state layout is described in Intel's "SHA Extensions"
