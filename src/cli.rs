@@ -1341,25 +1341,15 @@ fn bench_archive(events: u64, dir: Option<PathBuf>) -> ExitCode {
         Some(rss) => println!("peak RSS        {:.0} MiB", rss as f64 / (1 << 20) as f64),
         None => println!("peak RSS        (not reported by this platform)"),
     }
-    // The same host, the same minute: DESIGN.md's ceiling pipeline over (up to) the first
-    // 100,000 of the same events, one thread, best of three, after the peak RSS is read.
-    if let (Some(cpu), Ok(text)) = (cpu, std::fs::read_to_string(&input)) {
-        let lines: Vec<String> = text.lines().take(100_000).map(str::to_owned).collect();
-        drop(text);
-        let ceiling = (0..3)
-            .map(|_| {
-                let t = std::time::Instant::now();
-                std::hint::black_box(crate::bench::ceiling_pipeline(&lines));
-                t.elapsed().as_secs_f64()
-            })
-            .fold(f64::MAX, f64::min)
-            * 1e6
-            / lines.len().max(1) as f64;
+    // The same host, the same minute: DESIGN.md's ceiling pipeline over the first of the
+    // same events, after the peak RSS is read.
+    if let (Some(cpu), Some(ceiling)) = (cpu, crate::bench::ceiling_us_per_event(&input)) {
         let per_event = cpu * 1e6 / summary.events.max(1) as f64;
         let budget = cores as f64 * 1e6 / crate::bench::ARCHIVE_TARGET;
         println!(
-            "ceiling         {ceiling:.2} us per event for DESIGN.md's pipeline reproduced here (its table: 2.86); \
+            "ceiling         {ceiling:.2} us per event for DESIGN.md's pipeline reproduced here (its table: {:.2}); \
              the import costs {:.1} times that, {:.0} events/s needs at most {:.1} times",
+            crate::bench::DESIGN_CEILING_US,
             per_event / ceiling,
             crate::bench::ARCHIVE_TARGET,
             budget / ceiling

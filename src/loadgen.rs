@@ -368,6 +368,15 @@ pub fn run_ingest_bench(opts: &IngestBench) -> Result<(), String> {
         sustained / archive_rate,
         archive_rate
     );
+    // How fast the host is running now, in the one unit the targets were set in.
+    if let Some(ceiling) = crate::bench::ceiling_us_per_event(&file) {
+        println!(
+            "ceiling         {ceiling:.2} us per event for DESIGN.md's pipeline reproduced here (its table: {:.2}): \
+             the host runs at {:.2} of the speed the targets assume",
+            crate::bench::DESIGN_CEILING_US,
+            crate::bench::DESIGN_CEILING_US / ceiling
+        );
+    }
     Ok(())
 }
 
