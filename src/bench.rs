@@ -305,8 +305,9 @@ pub fn ceiling_us_per_event(file: &Path) -> Option<f64> {
 }
 
 /// The pipeline DESIGN.md's ceiling (0.35 M events/s per core) was measured on, as its table
-/// describes it: a typed parse with the payload kept raw, a leaf hash, Parquet with zstd 1, a
-/// Merkle root. Nothing more: the input line is the leaf and the stored bytes (no RFC 8785
+/// describes it: a typed parse with the payload kept raw (the wire struct's serde parse,
+/// [`crate::event::envelope_event_id`]), a leaf hash, Parquet with zstd 1, a Merkle root.
+/// Nothing more: the input line is the leaf and the stored bytes (no RFC 8785
 /// form, no content digest, no validation), the segment has two columns (`event_id` and the
 /// line) with the writer's defaults (no bloom filters, no small pages), and the file is not
 /// hashed. `bench stages` prints it beside the real stages, so that the distance between the
@@ -316,59 +317,7 @@ pub fn ceiling_pipeline(lines: &[String]) -> crate::merkle::Hash {
     use arrow_array::builder::{BinaryBuilder, StringBuilder};
     use arrow_array::{ArrayRef, RecordBatch};
     use arrow_schema::{DataType, Field, Schema};
-    use std::borrow::Cow;
     use std::sync::Arc;
-
-    #[derive(serde::Deserialize)]
-    #[allow(dead_code)] // fields are parsed for their cost; only event_id is stored
-    struct Actor<'a> {
-        #[serde(borrow, rename = "type")]
-        kind: Cow<'a, str>,
-        #[serde(borrow)]
-        id: Cow<'a, str>,
-        #[serde(borrow, default)]
-        role: Option<Cow<'a, str>>,
-    }
-    #[derive(serde::Deserialize)]
-    #[allow(dead_code)]
-    struct Subject<'a> {
-        #[serde(borrow, rename = "type")]
-        kind: Cow<'a, str>,
-        #[serde(borrow)]
-        id: Cow<'a, str>,
-    }
-    #[derive(serde::Deserialize)]
-    #[allow(dead_code)]
-    struct Origin<'a> {
-        #[serde(borrow, default)]
-        ip: Option<Cow<'a, str>>,
-        #[serde(borrow, default)]
-        device: Option<Cow<'a, str>>,
-    }
-    #[derive(serde::Deserialize)]
-    #[allow(dead_code)]
-    struct Event<'a> {
-        #[serde(borrow)]
-        event_id: Cow<'a, str>,
-        #[serde(borrow)]
-        occurred_at: Cow<'a, str>,
-        #[serde(borrow)]
-        actor: Actor<'a>,
-        #[serde(borrow)]
-        action: Cow<'a, str>,
-        #[serde(borrow)]
-        subject: Subject<'a>,
-        #[serde(borrow, default)]
-        origin: Option<Origin<'a>>,
-        #[serde(borrow)]
-        source: Cow<'a, str>,
-        #[serde(borrow)]
-        payload: &'a serde_json::value::RawValue,
-        #[serde(borrow, default)]
-        correlation_id: Option<Cow<'a, str>>,
-        #[serde(borrow, default)]
-        retention_class: Option<Cow<'a, str>>,
-    }
 
     let schema = Arc::new(Schema::new(vec![
         Field::new("event_id", DataType::Utf8, false),
@@ -387,9 +336,9 @@ pub fn ceiling_pipeline(lines: &[String]) -> crate::merkle::Hash {
         let mut ids = StringBuilder::new();
         let mut bytes = BinaryBuilder::new();
         for line in chunk {
-            let event: Event = serde_json::from_str(line).expect("generated events parse");
+            let event_id = crate::event::envelope_event_id(line).expect("generated events parse");
             leaves.push(crate::merkle::leaf_hash(line.as_bytes()));
-            ids.append_value(&event.event_id);
+            ids.append_value(&event_id);
             bytes.append_value(line.as_bytes());
         }
         let columns: Vec<ArrayRef> = vec![Arc::new(ids.finish()), Arc::new(bytes.finish())];

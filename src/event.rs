@@ -197,6 +197,14 @@ impl EventError {
     }
 }
 
+/// The serde parse of an event's envelope into the wire struct, the payload kept raw, and
+/// nothing else: no validation, no canonical form. It is what DESIGN.md's ceiling counts as
+/// parsing, for [`crate::bench::ceiling_pipeline`]; the archive's own parse is
+/// [`parse_event`]. Returns the `event_id`, if the line parses and has one.
+pub fn envelope_event_id(line: &str) -> Option<Cow<'_, str>> {
+    serde_json::from_str::<WireEvent>(line).ok()?.event_id
+}
+
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WireEvent<'a> {
