@@ -113,6 +113,11 @@ pub mod metrics {
             Unit::Seconds,
             "Time of one spool append and fsync (a group commit)."
         );
+        describe_histogram!(
+            "wormvault_seal_handover_seconds",
+            Unit::Seconds,
+            "Time the sequencer waited to hand one closed batch to the seal workers; no request is acknowledged meanwhile."
+        );
         describe_gauge!(
             "wormvault_ready",
             "1 when the store is reachable and the bucket is fit for the archive."
@@ -194,6 +199,10 @@ pub mod metrics {
 
     pub fn fsync(elapsed: Duration) {
         ::metrics::histogram!("wormvault_spool_fsync_seconds").record(elapsed.as_secs_f64());
+    }
+
+    pub fn seal_handover(elapsed: Duration) {
+        ::metrics::histogram!("wormvault_seal_handover_seconds").record(elapsed.as_secs_f64());
     }
 
     pub fn ready(ready: bool) {

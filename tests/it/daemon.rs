@@ -448,6 +448,14 @@ fn malformed_input_gets_precise_answers_and_good_events_still_land() {
         runtime().block_on(c.flush(&tokens.admin)).unwrap().json()["uploaded"],
         true
     );
+    // Every batch sealed went through the measured hand-over to the seal workers.
+    let metric = |name: &str| runtime().block_on(c.metric(name));
+    let sealed = metric("wormvault_segments_sealed_total").expect("segments sealed");
+    assert!(sealed >= 1.0);
+    assert_eq!(
+        metric("wormvault_seal_handover_seconds_count"),
+        Some(sealed)
+    );
     assert_eq!(d.term(), Some(0));
     let ids: BTreeSet<String> = archived_ids(&dir.path().join("archive"))
         .into_iter()
