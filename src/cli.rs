@@ -516,8 +516,9 @@ pub fn run(cli: Cli) -> ExitCode {
             println!("  {total:6.2} us  parse_event + Record::new + Merkle + write_segment");
             println!("  {ceiling:6.2} us  {ceiling_stage}");
             println!(
-                "  DESIGN.md budget: 2.86 us per event for parse + leaf hash + Parquet + Merkle (0.35 M/s per core); \
+                "  DESIGN.md budget: {:.2} us per event for parse + leaf hash + Parquet + Merkle (0.35 M/s per core); \
                  the archive's stages cost {:.1} times the reproduced ceiling",
+                crate::bench::DESIGN_CEILING_US,
                 total / ceiling
             );
             ExitCode::SUCCESS
@@ -1311,6 +1312,9 @@ fn bench_archive(events: u64, dir: Option<PathBuf>) -> ExitCode {
     let secs = summary.elapsed.as_secs_f64();
     let rate = summary.events as f64 / secs;
     let cores = cores();
+    // CPU per event, and what the target allows on this many cores.
+    let us_per_event = cpu.map(|cpu| cpu * 1e6 / summary.events.max(1) as f64);
+    let budget_us = cores as f64 * 1e6 / crate::bench::ARCHIVE_TARGET;
     let archive_bytes: u64 = summary.uploaded.iter().map(|u| u.entry.size).sum();
     println!(
         "archived {} events in {secs:.2} s into {} segments ({archive_bytes} bytes, {} bytes/event)",
@@ -1327,14 +1331,12 @@ fn bench_archive(events: u64, dir: Option<PathBuf>) -> ExitCode {
         rate / crate::bench::PIPELINE_CEILING_PER_CORE,
         rate / crate::bench::PIPELINE_CEILING_PER_CORE / cores as f64
     );
-    if let Some(cpu) = cpu {
+    if let (Some(cpu), Some(per_event)) = (cpu, us_per_event) {
         // Steadier than throughput on a shared host, and what the target comes down to.
         println!(
-            "cpu             {:.1} us per event (user + system), {:.2} of {cores} cores busy; {:.0} events/s on {cores} cores needs at most {:.1}",
-            cpu * 1e6 / summary.events.max(1) as f64,
+            "cpu             {per_event:.1} us per event (user + system), {:.2} of {cores} cores busy; {:.0} events/s on {cores} cores needs at most {budget_us:.1}",
             cpu / secs,
             crate::bench::ARCHIVE_TARGET,
-            cores as f64 * 1e6 / crate::bench::ARCHIVE_TARGET
         );
     }
     match crate::bench::peak_rss_bytes() {
@@ -1343,16 +1345,16 @@ fn bench_archive(events: u64, dir: Option<PathBuf>) -> ExitCode {
     }
     // The same host, the same minute: DESIGN.md's ceiling pipeline over the first of the
     // same events, after the peak RSS is read.
-    if let (Some(cpu), Some(ceiling)) = (cpu, crate::bench::ceiling_us_per_event(&input)) {
-        let per_event = cpu * 1e6 / summary.events.max(1) as f64;
-        let budget = cores as f64 * 1e6 / crate::bench::ARCHIVE_TARGET;
+    if let (Some(per_event), Some(ceiling)) =
+        (us_per_event, crate::bench::ceiling_us_per_event(&input))
+    {
         println!(
             "ceiling         {ceiling:.2} us per event for DESIGN.md's pipeline reproduced here (its table: {:.2}); \
              the import costs {:.1} times that, {:.0} events/s needs at most {:.1} times",
             crate::bench::DESIGN_CEILING_US,
             per_event / ceiling,
             crate::bench::ARCHIVE_TARGET,
-            budget / ceiling
+            budget_us / ceiling
         );
     }
     if summary.accepted != events {
