@@ -506,16 +506,19 @@ fn version_findings(
                 .version(latest.map(|v| v.version_id.as_str())),
         );
     }
-    let real: Vec<&VersionEntry> = versions.iter().collect();
-    if real.len() > 1 {
-        let ids: Vec<String> = real.iter().map(|v| v.label()).collect();
+    if versions.len() > 1 {
+        let ids: Vec<String> = versions.iter().map(VersionEntry::label).collect();
         out.push(
             Finding::new(
                 FindingClass::ExtraVersion,
                 key,
-                format!("the key has {} versions: {}", real.len(), ids.join(", ")),
+                format!(
+                    "the key has {} versions: {}",
+                    versions.len(),
+                    ids.join(", ")
+                ),
             )
-            .expected_found(1, real.len()),
+            .expected_found(1, versions.len()),
         );
     }
     if let (Some(named), Some(latest)) = (named, latest)
