@@ -141,10 +141,77 @@ impl Client {
 
     /// The value of one metric line (`name` with its labels exactly) from `/metrics`.
     pub async fn metric(&self, name: &str) -> Option<f64> {
-        let r = self.get("/metrics").await.ok()?;
-        r.text()
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        metric_in(&self.get("/metrics").await.ok()?.text(), name)
+    }
+
+    /// How long the daemon's sequencer has waited so far, from its histograms.
+    async fn waits(&self) -> Option<Waits> {
+        let text = self.get("/metrics").await.ok()?.text();
+        Some(Waits {
+            fsync: Wait::read(&text, "wormvault_spool_fsync_seconds")?,
+            handover: Wait::read(&text, "wormvault_seal_handover_seconds")?,
+        })
+    }
+}
+
+/// The value of one metric line (`name` with its labels exactly) in a `/metrics` text.
+fn metric_in(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The sequencer's two waits that hold acknowledgements: the spool's fsync (the disk) and
+/// the hand-over of a closed batch to the seal workers (sealing's CPU).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Waits {
+    fsync: Wait,
+    handover: Wait,
+}
+
+/// Counts from one latency histogram: all observations, and those longer than 25 ms and
+/// 100 ms (bucket bounds of the daemon's histograms).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Wait {
+    count: f64,
+    over_25ms: f64,
+    over_100ms: f64,
+}
+
+impl Wait {
+    fn read(text: &str, name: &str) -> Option<Wait> {
+        let count = metric_in(text, &format!("{name}_count"))?;
+        let within = |le: &str| metric_in(text, &format!("{name}_bucket{{le=\"{le}\"}}"));
+        Some(Wait {
+            count,
+            over_25ms: count - within("0.025")?,
+            over_100ms: count - within("0.1")?,
+        })
+    }
+
+    fn since(self, before: Wait) -> Wait {
+        Wait {
+            count: self.count - before.count,
+            over_25ms: self.over_25ms - before.over_25ms,
+            over_100ms: self.over_100ms - before.over_100ms,
+        }
+    }
+
+    fn describe(self) -> String {
+        format!(
+            "{:.0}, {:.0} over 25 ms, {:.0} over 100 ms",
+            self.count, self.over_25ms, self.over_100ms
+        )
+    }
+}
+
+impl Waits {
+    /// One line for a phase of the benchmark: which of the two waits held acknowledgements.
+    fn describe_since(self, before: Waits) -> String {
+        format!(
+            "spool fsyncs {}; seal hand-overs {}",
+            self.fsync.since(before.fsync).describe(),
+            self.handover.since(before.handover).describe()
+        )
     }
 }
 
@@ -242,6 +309,8 @@ pub fn run_ingest_bench(opts: &IngestBench) -> Result<(), String> {
         let work = Arc::new(requests(opts.events, opts.batch, 1));
         let bytes: usize = work.iter().map(|b| b.len()).sum();
         let fsyncs_before = client.metric("wormvault_spool_fsync_seconds_count").await.unwrap_or(0.0);
+        // A fresh daemon has observed nothing yet: its histograms are absent, that is, zero.
+        let waits_before = client.waits().await.unwrap_or_default();
         let cpu_before = crate::bench::cpu_seconds_of(&pid.to_string());
         let own_before = crate::bench::cpu_seconds_of("self");
         // Phase 1: as fast as the daemon acknowledges.
@@ -293,12 +362,16 @@ pub fn run_ingest_bench(opts: &IngestBench) -> Result<(), String> {
         if let (Some(b), Some(a)) = (own_before, own_after) {
             println!("  load gen CPU  {:.1} us per event (this process, on the same cores)", (a - b) * 1e6 / n.max(1) as f64);
         }
+        if let Some(after) = client.waits().await {
+            println!("  daemon waits  {}", after.describe_since(waits_before));
+        }
         let sustained = n as f64 / secs;
         // Phase 2: paced, for latency at a given rate.
         if opts.paced_rate > 0 {
             let total = opts.paced_rate * opts.paced_seconds;
             let work = Arc::new(requests(total, opts.batch, 2));
             let interval = Duration::from_secs_f64(opts.batch as f64 / opts.paced_rate as f64);
+            let waits_before = client.waits().await;
             let started = Instant::now();
             let next = Arc::new(AtomicUsize::new(0));
             let mut tasks = Vec::new();
@@ -336,6 +409,9 @@ pub fn run_ingest_bench(opts: &IngestBench) -> Result<(), String> {
                 percentile(&lat, 0.5).as_secs_f64() * 1e3,
                 percentile(&lat, 0.99).as_secs_f64() * 1e3
             );
+            if let (Some(before), Some(after)) = (waits_before, client.waits().await) {
+                println!("  daemon waits  {}", after.describe_since(before));
+            }
         }
         let r = client.flush(&secret).await?;
         if r.status != 200 {
@@ -404,4 +480,60 @@ fn archive_rate(exe: &Path, dir: &Path, file: &Path) -> Result<f64, String> {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| format!("archive printed no summary: {e}"))?;
     Ok(v["events"].as_f64().unwrap_or(0.0) / v["seconds"].as_f64().unwrap_or(1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn histogram(name: &str, within_25ms: u32, within_100ms: u32, count: u32) -> String {
+        format!(
+            "# TYPE {name} histogram\n\
+             {name}_bucket{{le=\"0.01\"}} {}\n\
+             {name}_bucket{{le=\"0.025\"}} {within_25ms}\n\
+             {name}_bucket{{le=\"0.05\"}} {within_25ms}\n\
+             {name}_bucket{{le=\"0.1\"}} {within_100ms}\n\
+             {name}_bucket{{le=\"+Inf\"}} {count}\n\
+             {name}_sum 1.5\n\
+             {name}_count {count}\n",
+            within_25ms / 2
+        )
+    }
+
+    #[test]
+    fn waits_are_read_from_the_histograms_and_counted_per_phase() {
+        let text = |fsync: (u32, u32, u32), handover: (u32, u32, u32)| {
+            let f = histogram("wormvault_spool_fsync_seconds", fsync.0, fsync.1, fsync.2);
+            let h = histogram(
+                "wormvault_seal_handover_seconds",
+                handover.0,
+                handover.1,
+                handover.2,
+            );
+            format!("wormvault_ready 1\n{f}\n{h}")
+        };
+        let read = |t: &str| Waits {
+            fsync: Wait::read(t, "wormvault_spool_fsync_seconds").unwrap(),
+            handover: Wait::read(t, "wormvault_seal_handover_seconds").unwrap(),
+        };
+        let before = read(&text((90, 99, 100), (10, 10, 10)));
+        assert_eq!(
+            before.fsync,
+            Wait {
+                count: 100.0,
+                over_25ms: 10.0,
+                over_100ms: 1.0
+            }
+        );
+        let after = read(&text((480, 494, 500), (17, 19, 20)));
+        assert_eq!(
+            after.describe_since(before),
+            "spool fsyncs 400, 10 over 25 ms, 5 over 100 ms; seal hand-overs 10, 3 over 25 ms, 1 over 100 ms"
+        );
+        // A histogram not yet observed is absent from the text, not zero.
+        assert_eq!(
+            Wait::read("wormvault_ready 1\n", "wormvault_spool_fsync_seconds"),
+            None
+        );
+    }
 }
