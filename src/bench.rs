@@ -643,6 +643,133 @@ pub fn rti_bench(events: u64, days: u32, dir: &Path, python: &Path) -> Result<()
     Ok(())
 }
 
+/// What `wormvault bench fsync` writes: a spool's traffic — groups of records appended to a
+/// file and made durable with `fdatasync`, at a steady cadence — alone, then beside a writer
+/// of segment-sized files (written, then `fsync`ed), as the seal workers and the store are.
+#[derive(Clone, Copy, Debug)]
+pub struct FsyncLoad {
+    /// Bytes appended before each `fdatasync` (one group commit).
+    pub group_bytes: usize,
+    /// Time from one group's start to the next (the group commit cadence).
+    pub interval: std::time::Duration,
+    /// Length of each of the two phases.
+    pub phase: std::time::Duration,
+    /// Segment traffic of the second phase, in bytes per second.
+    pub background_bytes_per_s: u64,
+}
+
+/// `fdatasync` latencies of one phase, sorted.
+pub struct FsyncPhase {
+    pub latencies: Vec<std::time::Duration>,
+}
+
+impl FsyncPhase {
+    /// `count, p50, p99, p99.9, max`, in milliseconds.
+    pub fn describe(&self) -> String {
+        use crate::loadgen::percentile;
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        let l = &self.latencies;
+        format!(
+            "{} syncs: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+            l.len(),
+            ms(percentile(l, 0.5)),
+            ms(percentile(l, 0.99)),
+            ms(percentile(l, 0.999)),
+            ms(l.last().copied().unwrap_or_default())
+        )
+    }
+}
+
+/// The size at which the spool-like file is replaced by a new one, as the spool rotates.
+const FSYNC_BENCH_FILE_BYTES: u64 = 64 << 20;
+/// The size of each segment-like file of the background writer.
+const FSYNC_BENCH_SEGMENT_BYTES: usize = 8 << 20;
+
+/// Measures `fdatasync` latency in a temporary directory under `dir` (removed afterwards):
+/// the spool-like load alone, then beside the segment-like writer. Nothing outside that
+/// directory is touched.
+pub fn fsync_bench(dir: &Path, load: FsyncLoad) -> std::io::Result<(FsyncPhase, FsyncPhase)> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let work = tempfile::Builder::new()
+        .prefix(".wormvault-bench-fsync-")
+        .tempdir_in(dir)?;
+    let quiet = spool_like(work.path(), &load, "quiet")?;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, dir, rate) = (
+            stop.clone(),
+            work.path().to_owned(),
+            load.background_bytes_per_s,
+        );
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let block = vec![0x5a_u8; FSYNC_BENCH_SEGMENT_BYTES];
+            let started = std::time::Instant::now();
+            let mut written = 0u64;
+            for n in 0u64.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                // Keep to the rate: wait until the bytes so far are due.
+                let due = std::time::Duration::from_secs_f64(written as f64 / rate.max(1) as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait.min(std::time::Duration::from_millis(50)));
+                    continue;
+                }
+                let path = dir.join(format!("segment-{}.bin", n % 4));
+                let _ = std::fs::remove_file(&path);
+                let mut f = std::fs::File::create(&path)?;
+                f.write_all(&block)?;
+                f.sync_all()?;
+                written += block.len() as u64;
+            }
+            Ok(())
+        })
+    };
+    let busy = spool_like(work.path(), &load, "busy");
+    stop.store(true, Ordering::Relaxed);
+    writer
+        .join()
+        .map_err(|_| std::io::Error::other("the segment writer panicked"))??;
+    Ok((quiet, busy?))
+}
+
+/// One phase of the spool-like load: appends and `fdatasync`s, with the spool's rotation.
+fn spool_like(dir: &Path, load: &FsyncLoad, name: &str) -> std::io::Result<FsyncPhase> {
+    let group = vec![0xa5_u8; load.group_bytes.max(1)];
+    let open = |n: u32| {
+        std::fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(dir.join(format!("{name}-{n}.log")))
+    };
+    let (mut file_no, mut in_file) = (0u32, 0u64);
+    let mut f = open(file_no)?;
+    let mut latencies = Vec::new();
+    let started = std::time::Instant::now();
+    let mut due = started;
+    while started.elapsed() < load.phase {
+        if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        // After a stall the next group goes at once, without a burst to catch up: the
+        // spool writes what arrived meanwhile as one larger group.
+        due = std::time::Instant::now().max(due + load.interval);
+        if in_file >= FSYNC_BENCH_FILE_BYTES {
+            std::fs::remove_file(dir.join(format!("{name}-{file_no}.log")))?;
+            file_no += 1;
+            f = open(file_no)?;
+            in_file = 0;
+        }
+        let t = std::time::Instant::now();
+        f.write_all(&group)?;
+        f.sync_data()?;
+        latencies.push(t.elapsed());
+        in_file += group.len() as u64;
+    }
+    latencies.sort();
+    Ok(FsyncPhase { latencies })
+}
+
 /// The process's peak resident set size in bytes (`VmHWM`), if the platform reports it.
 pub fn peak_rss_bytes() -> Option<u64> {
     peak_rss_of("self")
@@ -727,6 +854,33 @@ mod tests {
         }
         std::hint::black_box(x);
         assert!(after > before, "{before} -> {after}");
+    }
+
+    #[test]
+    fn the_fsync_bench_times_both_phases_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = FsyncLoad {
+            group_bytes: 4096,
+            interval: std::time::Duration::from_millis(5),
+            phase: std::time::Duration::from_millis(200),
+            background_bytes_per_s: 20_000_000,
+        };
+        let (quiet, busy) = fsync_bench(dir.path(), load).unwrap();
+        for phase in [&quiet, &busy] {
+            assert!(!phase.latencies.is_empty());
+            assert!(phase.latencies.is_sorted());
+            let count = phase.latencies.len().to_string();
+            assert!(
+                phase
+                    .describe()
+                    .starts_with(&format!("{count} syncs: p50 "))
+            );
+        }
+        // Its files were in a temporary directory of its own, removed with them.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // A directory that cannot take files is an error, not a report.
+        let missing = dir.path().join("missing");
+        assert!(fsync_bench(&missing, load).is_err());
     }
 
     #[test]

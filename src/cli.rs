@@ -310,6 +310,26 @@ pub enum BenchCommand {
         #[arg(long, default_value = ".cache/tools-venv/bin/python")]
         python: PathBuf,
     },
+    /// How long appending a group to a file and `fdatasync`ing it takes in `--dir` (where
+    /// `state_dir`, the spool, would live): alone, then beside segment-sized writes. Every
+    /// acknowledgement waits for one of these. Writes only in a temporary directory there.
+    Fsync {
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Bytes per group commit (the default: about 500 spooled events of 640 bytes).
+        #[arg(long, default_value_t = 320 << 10)]
+        group_bytes: usize,
+        /// Group commits per second (the default with --group-bytes: a spool's traffic at
+        /// 50,000 events/s).
+        #[arg(long, default_value_t = 100)]
+        per_second: u32,
+        /// Length of each phase.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Segment traffic beside the second phase, MB/s (8 MiB files, each fsynced).
+        #[arg(long, default_value_t = 30.0)]
+        segments_mb_per_s: f64,
+    },
     /// Single-thread cost of each pipeline stage, in microseconds per event.
     Stages {
         #[arg(long, default_value_t = 100_000)]
@@ -500,6 +520,36 @@ pub fn run(cli: Cli) -> ExitCode {
             match crate::bench::sweep_bench(gb, &dir, anchored) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
+            }
+        }
+        Command::Bench(BenchCommand::Fsync {
+            dir,
+            group_bytes,
+            per_second,
+            seconds,
+            segments_mb_per_s,
+        }) => {
+            let load = crate::bench::FsyncLoad {
+                group_bytes,
+                interval: std::time::Duration::from_secs_f64(1.0 / f64::from(per_second.max(1))),
+                phase: std::time::Duration::from_secs_f64(seconds.max(0.0)),
+                background_bytes_per_s: (segments_mb_per_s.max(0.0) * 1e6) as u64,
+            };
+            println!(
+                "append + fdatasync in {}: {group_bytes}-byte groups, {per_second} per second, {seconds} s per phase",
+                dir.display()
+            );
+            match crate::bench::fsync_bench(&dir, load) {
+                Ok((quiet, busy)) => {
+                    let beside = format!("beside {segments_mb_per_s} MB/s of segments");
+                    println!("  {:<32}{}", "alone", quiet.describe());
+                    println!("  {beside:<32}{}", busy.describe());
+                    println!(
+                        "  every acknowledgement of the daemon waits for one of these (docs/DEPLOY.md: the spool's volume)"
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(format!("bench fsync in {}: {e}", dir.display())),
             }
         }
         Command::Bench(BenchCommand::Stages { events }) => {
