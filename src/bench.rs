@@ -656,6 +656,8 @@ pub struct FsyncLoad {
     pub phase: std::time::Duration,
     /// Segment traffic of the second phase, in bytes per second.
     pub background_bytes_per_s: u64,
+    /// Size at which the spool-like file is replaced by a new one (`spool.file_bytes`).
+    pub file_bytes: u64,
 }
 
 /// `fdatasync` latencies of one phase, sorted.
@@ -680,8 +682,6 @@ impl FsyncPhase {
     }
 }
 
-/// The size at which the spool-like file is replaced by a new one, as the spool rotates.
-const FSYNC_BENCH_FILE_BYTES: u64 = 64 << 20;
 /// The size of each segment-like file of the background writer.
 const FSYNC_BENCH_SEGMENT_BYTES: usize = 8 << 20;
 
@@ -754,13 +754,20 @@ fn spool_like(dir: &Path, load: &FsyncLoad, name: &str) -> std::io::Result<Fsync
         // After a stall the next group goes at once, without a burst to catch up: the
         // spool writes what arrived meanwhile as one larger group.
         due = std::time::Instant::now().max(due + load.interval);
-        if in_file >= FSYNC_BENCH_FILE_BYTES {
-            std::fs::remove_file(dir.join(format!("{name}-{file_no}.log")))?;
+        // Timed as the daemon times the spool: a rotation is part of the append.
+        let t = std::time::Instant::now();
+        if in_file >= load.file_bytes {
+            // The spool syncs the full file, starts the next and syncs the directory; the
+            // file before is reclaimed once its events are in the store.
+            f.sync_data()?;
             file_no += 1;
             f = open(file_no)?;
+            std::fs::File::open(dir)?.sync_all()?;
+            if file_no >= 2 {
+                std::fs::remove_file(dir.join(format!("{name}-{}.log", file_no - 2)))?;
+            }
             in_file = 0;
         }
-        let t = std::time::Instant::now();
         f.write_all(&group)?;
         f.sync_data()?;
         latencies.push(t.elapsed());
@@ -864,6 +871,8 @@ mod tests {
             interval: std::time::Duration::from_millis(5),
             phase: std::time::Duration::from_millis(200),
             background_bytes_per_s: 20_000_000,
+            // Rotations every few groups: each phase starts files and reclaims old ones.
+            file_bytes: 3 * 4096,
         };
         let (quiet, busy) = fsync_bench(dir.path(), load).unwrap();
         for phase in [&quiet, &busy] {

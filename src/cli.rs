@@ -534,6 +534,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 interval: std::time::Duration::from_secs_f64(1.0 / f64::from(per_second.max(1))),
                 phase: std::time::Duration::from_secs_f64(seconds.max(0.0)),
                 background_bytes_per_s: (segments_mb_per_s.max(0.0) * 1e6) as u64,
+                file_bytes: crate::config::DEFAULT_SPOOL_FILE_BYTES,
             };
             println!(
                 "append + fdatasync in {}: {group_bytes}-byte groups, {per_second} per second, {seconds} s per phase",

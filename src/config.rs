@@ -225,6 +225,8 @@ pub struct S3Config {
 
 /// The largest `events.max_event_bytes` allowed.
 const MAX_EVENT_BYTES_LIMIT: usize = 64 << 20;
+/// `spool.file_bytes` when not configured: the size at which the spool starts a new file.
+pub const DEFAULT_SPOOL_FILE_BYTES: u64 = 64 << 20;
 
 /// `[events]`
 #[derive(Debug, Default, Deserialize)]
@@ -785,7 +787,11 @@ impl Settings {
                 Duration::from_secs(30),
             )?,
             spool_max_bytes: c.spool.max_bytes.map_or(2 << 30, |b| b.0),
-            spool_file_bytes: c.spool.file_bytes.map_or(64 << 20, |b| b.0).max(4096),
+            spool_file_bytes: c
+                .spool
+                .file_bytes
+                .map_or(DEFAULT_SPOOL_FILE_BYTES, |b| b.0)
+                .max(4096),
             backoff: crate::pipeline::Backoff {
                 initial: dur(
                     "upload.backoff_initial",
