@@ -144,12 +144,14 @@ impl Client {
         metric_in(&self.get("/metrics").await.ok()?.text(), name)
     }
 
-    /// How long the daemon's sequencer has waited so far, from its histograms.
+    /// How long the daemon's sequencer has waited so far, from its histograms; `None` if
+    /// `/metrics` cannot be read. A histogram is absent until its first observation: zero.
     async fn waits(&self) -> Option<Waits> {
         let text = self.get("/metrics").await.ok()?.text();
+        let read = |name| Wait::read(&text, name).unwrap_or_default();
         Some(Waits {
-            fsync: Wait::read(&text, "wormvault_spool_fsync_seconds")?,
-            handover: Wait::read(&text, "wormvault_seal_handover_seconds")?,
+            fsync: read("wormvault_spool_fsync_seconds"),
+            handover: read("wormvault_seal_handover_seconds"),
         })
     }
 }
@@ -308,8 +310,7 @@ pub fn run_ingest_bench(opts: &IngestBench) -> Result<(), String> {
         println!("generating {} events in requests of {} ...", opts.events, opts.batch);
         let work = Arc::new(requests(opts.events, opts.batch, 1));
         let bytes: usize = work.iter().map(|b| b.len()).sum();
-        let fsyncs_before = client.metric("wormvault_spool_fsync_seconds_count").await.unwrap_or(0.0);
-        // A fresh daemon has observed nothing yet: its histograms are absent, that is, zero.
+        // One read of /metrics per phase boundary gives the fsync count and both waits.
         let waits_before = client.waits().await.unwrap_or_default();
         let cpu_before = crate::bench::cpu_seconds_of(&pid.to_string());
         let own_before = crate::bench::cpu_seconds_of("self");
@@ -349,12 +350,15 @@ pub fn run_ingest_bench(opts: &IngestBench) -> Result<(), String> {
         let secs = started.elapsed().as_secs_f64();
         let cpu_after = crate::bench::cpu_seconds_of(&pid.to_string());
         let own_after = crate::bench::cpu_seconds_of("self");
-        let fsyncs_after = client.metric("wormvault_spool_fsync_seconds_count").await.unwrap_or(0.0);
+        let waits_after = client.waits().await;
         let n = accepted.load(Ordering::Relaxed);
         lat.sort();
         println!("sustained       {:.0} events/s ({:.1} MB/s) over {n} events, {} connections, {} events per request", n as f64 / secs, bytes as f64 / secs / 1e6, opts.connections, opts.batch);
         println!("  ack latency   p50 {:.1} ms, p99 {:.1} ms (per request, saturated)", percentile(&lat, 0.5).as_secs_f64() * 1e3, percentile(&lat, 0.99).as_secs_f64() * 1e3);
-        println!("  fsyncs        {:.0} per second ({:.0} events per fsync)", (fsyncs_after - fsyncs_before) / secs, n as f64 / (fsyncs_after - fsyncs_before).max(1.0));
+        if let Some(after) = waits_after {
+            let fsyncs = after.fsync.since(waits_before.fsync).count;
+            println!("  fsyncs        {:.0} per second ({:.0} events per fsync)", fsyncs / secs, n as f64 / fsyncs.max(1.0));
+        }
         if let (Some(b), Some(a)) = (cpu_before, cpu_after) {
             // Events acknowledged may still be sealing: this counts the work done meanwhile.
             println!("  daemon CPU    {:.1} us per event acknowledged (user + system, during the phase)", (a - b) * 1e6 / n.max(1) as f64);
@@ -362,7 +366,7 @@ pub fn run_ingest_bench(opts: &IngestBench) -> Result<(), String> {
         if let (Some(b), Some(a)) = (own_before, own_after) {
             println!("  load gen CPU  {:.1} us per event (this process, on the same cores)", (a - b) * 1e6 / n.max(1) as f64);
         }
-        if let Some(after) = client.waits().await {
+        if let Some(after) = waits_after {
             println!("  daemon waits  {}", after.describe_since(waits_before));
         }
         let sustained = n as f64 / secs;
