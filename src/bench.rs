@@ -660,9 +660,11 @@ pub struct FsyncLoad {
     pub file_bytes: u64,
 }
 
-/// `fdatasync` latencies of one phase, sorted.
+/// Latencies of one phase's appends (each ending with its `fdatasync`), sorted.
 pub struct FsyncPhase {
     pub latencies: Vec<std::time::Duration>,
+    /// Bytes the segment-like writer wrote and fsynced during the phase.
+    pub segment_bytes: u64,
 }
 
 impl FsyncPhase {
@@ -686,8 +688,8 @@ impl FsyncPhase {
 const FSYNC_BENCH_SEGMENT_BYTES: usize = 8 << 20;
 
 /// Measures `fdatasync` latency in a temporary directory under `dir` (removed afterwards):
-/// the spool-like load alone, then beside the segment-like writer. Nothing outside that
-/// directory is touched.
+/// the spool-like load alone, then beside the segment-like writer (none at 0 bytes per
+/// second). Nothing outside that directory is touched.
 pub fn fsync_bench(dir: &Path, load: FsyncLoad) -> std::io::Result<(FsyncPhase, FsyncPhase)> {
     use std::sync::atomic::{AtomicBool, Ordering};
     let work = tempfile::Builder::new()
@@ -695,13 +697,10 @@ pub fn fsync_bench(dir: &Path, load: FsyncLoad) -> std::io::Result<(FsyncPhase, 
         .tempdir_in(dir)?;
     let quiet = spool_like(work.path(), &load, "quiet")?;
     let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (stop, dir, rate) = (
-            stop.clone(),
-            work.path().to_owned(),
-            load.background_bytes_per_s,
-        );
-        std::thread::spawn(move || -> std::io::Result<()> {
+    let rate = load.background_bytes_per_s;
+    let writer = (rate > 0).then(|| {
+        let (stop, dir) = (stop.clone(), work.path().to_owned());
+        std::thread::spawn(move || -> std::io::Result<u64> {
             let block = vec![0x5a_u8; FSYNC_BENCH_SEGMENT_BYTES];
             let started = std::time::Instant::now();
             let mut written = 0u64;
@@ -710,7 +709,7 @@ pub fn fsync_bench(dir: &Path, load: FsyncLoad) -> std::io::Result<(FsyncPhase, 
                     break;
                 }
                 // Keep to the rate: wait until the bytes so far are due.
-                let due = std::time::Duration::from_secs_f64(written as f64 / rate.max(1) as f64);
+                let due = std::time::Duration::from_secs_f64(written as f64 / rate as f64);
                 if let Some(wait) = due.checked_sub(started.elapsed()) {
                     std::thread::sleep(wait.min(std::time::Duration::from_millis(50)));
                     continue;
@@ -722,15 +721,24 @@ pub fn fsync_bench(dir: &Path, load: FsyncLoad) -> std::io::Result<(FsyncPhase, 
                 f.sync_all()?;
                 written += block.len() as u64;
             }
-            Ok(())
+            Ok(written)
         })
-    };
+    });
     let busy = spool_like(work.path(), &load, "busy");
     stop.store(true, Ordering::Relaxed);
-    writer
-        .join()
-        .map_err(|_| std::io::Error::other("the segment writer panicked"))??;
-    Ok((quiet, busy?))
+    let segment_bytes = match writer {
+        Some(writer) => writer
+            .join()
+            .map_err(|_| std::io::Error::other("the segment writer panicked"))??,
+        None => 0,
+    };
+    Ok((
+        quiet,
+        FsyncPhase {
+            segment_bytes,
+            ..busy?
+        },
+    ))
 }
 
 /// One phase of the spool-like load: appends and `fdatasync`s, with the spool's rotation.
@@ -754,27 +762,32 @@ fn spool_like(dir: &Path, load: &FsyncLoad, name: &str) -> std::io::Result<Fsync
         // After a stall the next group goes at once, without a burst to catch up: the
         // spool writes what arrived meanwhile as one larger group.
         due = std::time::Instant::now().max(due + load.interval);
-        // Timed as the daemon times the spool: a rotation is part of the append.
+        // Timed as the daemon times the spool: a rotation (sync the full file, start the
+        // next, sync the directory) is part of the append.
         let t = std::time::Instant::now();
-        if in_file >= load.file_bytes {
-            // The spool syncs the full file, starts the next and syncs the directory; the
-            // file before is reclaimed once its events are in the store.
+        let rotated = in_file >= load.file_bytes;
+        if rotated {
             f.sync_data()?;
             file_no += 1;
             f = open(file_no)?;
             std::fs::File::open(dir)?.sync_all()?;
-            if file_no >= 2 {
-                std::fs::remove_file(dir.join(format!("{name}-{}.log", file_no - 2)))?;
-            }
             in_file = 0;
         }
         f.write_all(&group)?;
         f.sync_data()?;
         latencies.push(t.elapsed());
         in_file += group.len() as u64;
+        // The file before last is reclaimed (its events are in the store by now), on the
+        // same thread but outside the timed append, as the daemon's sequencer does it.
+        if rotated && file_no >= 2 {
+            std::fs::remove_file(dir.join(format!("{name}-{}.log", file_no - 2)))?;
+        }
     }
     latencies.sort();
-    Ok(FsyncPhase { latencies })
+    Ok(FsyncPhase {
+        latencies,
+        segment_bytes: 0,
+    })
 }
 
 /// The process's peak resident set size in bytes (`VmHWM`), if the platform reports it.
@@ -875,6 +888,8 @@ mod tests {
             file_bytes: 3 * 4096,
         };
         let (quiet, busy) = fsync_bench(dir.path(), load).unwrap();
+        assert_eq!(quiet.segment_bytes, 0);
+        assert!(busy.segment_bytes >= FSYNC_BENCH_SEGMENT_BYTES as u64);
         for phase in [&quiet, &busy] {
             assert!(!phase.latencies.is_empty());
             assert!(phase.latencies.is_sorted());
@@ -886,6 +901,16 @@ mod tests {
             );
         }
         // Its files were in a temporary directory of its own, removed with them.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // At 0 bytes per second there is no segment writer: the second phase runs alone.
+        let alone = FsyncLoad {
+            background_bytes_per_s: 0,
+            phase: std::time::Duration::from_millis(50),
+            ..load
+        };
+        let (_, busy) = fsync_bench(dir.path(), alone).unwrap();
+        assert!(!busy.latencies.is_empty());
+        assert_eq!(busy.segment_bytes, 0);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         // A directory that cannot take files is an error, not a report.
         let missing = dir.path().join("missing");

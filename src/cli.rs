@@ -542,7 +542,10 @@ pub fn run(cli: Cli) -> ExitCode {
             );
             match crate::bench::fsync_bench(&dir, load) {
                 Ok((quiet, busy)) => {
-                    let beside = format!("beside {segments_mb_per_s} MB/s of segments");
+                    let beside = format!(
+                        "beside {:.0} MB/s of segments",
+                        busy.segment_bytes as f64 / 1e6 / seconds.max(f64::MIN_POSITIVE)
+                    );
                     println!("  {:<32}{}", "alone", quiet.describe());
                     println!("  {beside:<32}{}", busy.describe());
                     println!(
