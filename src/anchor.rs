@@ -37,6 +37,7 @@ use crate::merkle::{self, Hash};
 use crate::note::{NoteError, SignerKey, VerifierKey};
 use crate::retention::RetentionPolicy;
 use crate::store::{PutRequest, StoreError, WormStore};
+use crate::telemetry::metrics as m;
 use crate::timestamp::{Day, Timestamp};
 
 /// The content type of anchors.
@@ -592,6 +593,7 @@ pub async fn run_scheduled(
             Ok(days) => {
                 if let Some(&last) = days.last() {
                     close_through(&gate, &state, last);
+                    m::anchored_through(last);
                 }
                 if let Some(anchorer) = &anchorer {
                     for &d in days.iter().rev().take(7) {
@@ -608,6 +610,7 @@ pub async fn run_scheduled(
                                 finished.insert(d);
                             }
                             Err(e) => {
+                                m::anchor_failed();
                                 tracing::error!(error = %e, day = %d, "Finishing an anchored day (mirror, time-stamp, index) failed; retrying in a minute.");
                                 break;
                             }
@@ -622,15 +625,20 @@ pub async fn run_scheduled(
                             finished.extend(done.iter().map(|a| a.day));
                             if let Some(a) = done.last() {
                                 close_through(&gate, &state, a.day);
+                                m::anchored_through(a.day);
                             }
                         }
                         Err(e) => {
+                            m::anchor_failed();
                             tracing::error!(error = %e, day = %due, "Anchoring failed; retrying in a minute.")
                         }
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "Could not list anchors; retrying in a minute."),
+            Err(e) => {
+                m::anchor_failed();
+                tracing::warn!(error = %e, "Could not list anchors; retrying in a minute.")
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => return,

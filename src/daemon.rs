@@ -20,6 +20,7 @@
 //! number are already sealed (in the outbox or the store) and are skipped; the others are
 //! placed again with the numbers they were acknowledged with.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,7 @@ use crate::pipeline::SealPipeline;
 use crate::spool::Spool;
 use crate::state::{Lane, LaneMap};
 use crate::telemetry::metrics as m;
+use crate::timestamp::Timestamp;
 
 /// One parsed item of a request, in request order.
 pub enum Item {
@@ -109,6 +111,8 @@ struct Sequencer {
     pipeline: SealPipeline,
     /// Highest sequence number confirmed in the store, per lane with spooled events.
     confirmed: LaneMap<u64>,
+    /// Acknowledged events not yet confirmed in the store, for the age the metrics report.
+    backlog: Backlog,
     /// Batches below this index are confirmed in the store.
     uploaded_below: u64,
     limits: SequencerLimits,
@@ -153,20 +157,25 @@ pub fn start(
         .min()
         .unwrap_or(archive.state.next_batch_idx().map_err(|e| e.to_string())?);
     let mut confirmed: LaneMap<u64> = LaneMap::default();
+    let mut backlog = Backlog::default();
     let mut replayed = 0u64;
     let state = archive.state.clone();
     let spool_dir = archive.settings.state_dir.join("spool");
     let spool = Spool::open(&spool_dir, limits.spool_file_bytes, |s| {
         let committed_next = state.lane_next_seq(&s.lane).map_err(std::io::Error::other)?;
-        confirmed.entry(s.lane).or_insert_with(|| match in_outbox.get(&s.lane) {
+        let lane_confirmed = *confirmed.entry(s.lane).or_insert_with(|| match in_outbox.get(&s.lane) {
             Some(first) => first - 1,
             None => committed_next - 1,
         });
-        if s.seq < committed_next {
-            return Ok(()); // sealed before the restart
+        if s.seq <= lane_confirmed {
+            return Ok(()); // in the store
         }
         let record = Record::from_canonical(s.canonical, s.digest)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("spool record: {e}")))?;
+        backlog.note(s.lane, s.seq, record.ingested_at);
+        if s.seq < committed_next {
+            return Ok(()); // sealed before the restart, waiting in the outbox
+        }
         match batcher.reserve(Box::new(record)).map_err(std::io::Error::other)? {
             Reserved::New { lane, seq, record } if seq == s.seq && lane == s.lane => {
                 batcher.place(lane, seq, record);
@@ -216,6 +225,7 @@ pub fn start(
         spool,
         pipeline,
         confirmed,
+        backlog,
         uploaded_below,
         limits,
         flushes: Vec::new(),
@@ -260,6 +270,8 @@ impl Sequencer {
             }
             self.absorb_commits();
             self.answer_flushes();
+            // Also when nothing arrives: the backlog's age grows while the store is away.
+            self.publish_spool_metrics();
         }
         // Shutdown: refuse what is still queued, seal everything open.
         self.draining = true;
@@ -405,6 +417,7 @@ impl Sequencer {
                 return;
             }
             for (lane, seq, record) in news {
+                self.backlog.note(lane, seq, record.ingested_at);
                 self.batcher.place(lane, seq, record);
             }
         }
@@ -412,7 +425,6 @@ impl Sequencer {
             m::outcomes(&outcomes);
             let _ = reply.send(IngestReply::Done(outcomes));
         }
-        self.publish_spool_metrics();
     }
 
     fn flush(&mut self, reply: oneshot::Sender<FlushReply>) {
@@ -459,6 +471,7 @@ impl Sequencer {
     fn uploaded(&mut self, lane: Lane, last_seq: u64, batch_idx: u64) {
         let c = self.confirmed.entry(lane).or_insert(0);
         *c = (*c).max(last_seq);
+        self.backlog.confirm(&lane, *c);
         self.uploaded_below = self.uploaded_below.max(batch_idx + 1);
         let confirmed = &self.confirmed;
         match self
@@ -472,12 +485,73 @@ impl Sequencer {
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "Reclaiming spool files failed."),
         }
-        self.publish_spool_metrics();
         self.answer_flushes();
     }
 
     fn publish_spool_metrics(&self) {
-        m::spool(self.spool.bytes(), self.spool.oldest());
+        m::spool(self.spool.bytes(), self.backlog.oldest());
+    }
+}
+
+/// Acknowledged events not yet confirmed in the store: for each lane, marks of (sequence
+/// number, `ingested_at`), a new mark only when an event is [`Backlog::MARK_SPACING`] younger
+/// than the lane's last, so memory grows with the backlog's duration, not its events.
+///
+/// A mark's time is at most the `ingested_at` of every event from its number up to the next
+/// mark's, so [`Backlog::oldest`] can overstate the age of the oldest unconfirmed event by
+/// less than the spacing, never understate it. A spool file's events stay on disk until the
+/// whole file can go, so the spool itself cannot say this: at low traffic its active file
+/// holds events confirmed hours ago.
+#[derive(Default)]
+struct Backlog {
+    lanes: LaneMap<LaneBacklog>,
+}
+
+struct LaneBacklog {
+    marks: VecDeque<(u64, Timestamp)>,
+    /// Highest sequence number acknowledged.
+    last: u64,
+}
+
+impl Backlog {
+    const MARK_SPACING: i64 = 1_000_000;
+
+    /// Event `seq` of `lane` is acknowledged; numbers within a lane come in increasing order.
+    fn note(&mut self, lane: Lane, seq: u64, ingested_at: Timestamp) {
+        let l = self.lanes.entry(lane).or_insert_with(|| LaneBacklog {
+            marks: VecDeque::new(),
+            last: 0,
+        });
+        l.last = l.last.max(seq);
+        match l.marks.back_mut() {
+            Some((_, at)) if ingested_at.as_micros() < at.as_micros() + Backlog::MARK_SPACING => {
+                *at = (*at).min(ingested_at);
+            }
+            _ => l.marks.push_back((seq, ingested_at)),
+        }
+    }
+
+    /// Every event of `lane` up to `confirmed` is in the store.
+    fn confirm(&mut self, lane: &Lane, confirmed: u64) {
+        let Some(l) = self.lanes.get_mut(lane) else {
+            return;
+        };
+        if l.last <= confirmed {
+            self.lanes.remove(lane);
+            return;
+        }
+        // Keep the last mark at or before the first unconfirmed event.
+        while l.marks.get(1).is_some_and(|&(seq, _)| seq <= confirmed + 1) {
+            l.marks.pop_front();
+        }
+    }
+
+    /// The `ingested_at` of the oldest acknowledged event not yet in the store (see above).
+    fn oldest(&self) -> Option<Timestamp> {
+        self.lanes
+            .values()
+            .filter_map(|l| l.marks.front().map(|&(_, at)| at))
+            .min()
     }
 }
 
@@ -487,5 +561,62 @@ fn internal(message: &str) -> EventError {
         field: None,
         reason: format!("internal error, not archived: {message}"),
         event_id: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retention::ClassName;
+    use crate::timestamp::Day;
+
+    fn lane(class: &str) -> Lane {
+        Lane {
+            day: Day::from_days_since_epoch(20_000),
+            class: ClassName::new(class),
+        }
+    }
+
+    fn at(micros: i64) -> Timestamp {
+        Timestamp::from_micros(1_700_000_000_000_000 + micros)
+    }
+
+    /// The backlog's age never understates the oldest unconfirmed event and overstates it by
+    /// less than a mark's spacing, whatever has been confirmed; it is empty once everything is.
+    #[test]
+    fn the_backlog_reports_the_oldest_unconfirmed_event() {
+        let a = lane("sec-17a-4-a");
+        let mut backlog = Backlog::default();
+        assert_eq!(backlog.oldest(), None);
+        // 5,000 events over 5 s, 1 ms apart, with a little jitter backwards now and then.
+        let times: Vec<i64> = (0..5_000i64)
+            .map(|i| i * 1_000 - if i % 7 == 3 { 1_500 } else { 0 })
+            .collect();
+        for (i, &t) in times.iter().enumerate() {
+            backlog.note(a, i as u64 + 1, at(t));
+        }
+        assert!(
+            backlog.lanes[&a].marks.len() <= 6,
+            "a mark a second, not one an event: {}",
+            backlog.lanes[&a].marks.len()
+        );
+        for confirmed in [0u64, 1, 999, 1_000, 1_001, 2_500, 4_998] {
+            backlog.confirm(&a, confirmed);
+            let truth = times[confirmed as usize..].iter().min().copied().unwrap();
+            let got = backlog.oldest().unwrap().as_micros() - at(0).as_micros();
+            assert!(
+                got <= truth && truth - got < Backlog::MARK_SPACING,
+                "confirmed {confirmed}: reported {got}, oldest unconfirmed {truth}"
+            );
+        }
+        // A second lane's older events come first; confirming all of a lane forgets it.
+        let b = lane("cftc-1-31");
+        backlog.note(b, 1, at(-10_000_000));
+        assert_eq!(backlog.oldest(), Some(at(-10_000_000)));
+        backlog.confirm(&b, 1);
+        assert!(!backlog.lanes.contains_key(&b));
+        backlog.confirm(&a, 5_000);
+        assert_eq!(backlog.oldest(), None);
+        assert!(backlog.lanes.is_empty());
     }
 }

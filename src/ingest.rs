@@ -276,9 +276,10 @@ async fn post_events(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    if let Err(r) = authorize(&shared, &headers, Role::Ingest, peer, "/v1/events") {
-        return *r;
-    }
+    let principal = match authorize(&shared, &headers, Role::Ingest, peer, "/v1/events") {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
     if shared.draining.load(Ordering::Acquire) {
         return retry_after(
             error(
@@ -314,7 +315,10 @@ async fn post_events(
     };
     let (slots, items) = match parsed {
         Ok(p) => p,
-        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
+        Err(reason) => {
+            tracing::warn!(principal, %peer, "Refused a request's body (400), nothing of it is archived: {reason}");
+            return error(StatusCode::BAD_REQUEST, reason);
+        }
     };
     let (tx, rx) = oneshot::channel();
     if shared
@@ -344,7 +348,10 @@ async fn post_events(
     };
     crate::telemetry::metrics::request(started.elapsed());
     match reply {
-        IngestReply::Done(outcomes) => results(&slots, outcomes),
+        IngestReply::Done(outcomes) => {
+            log_refusals(&principal, peer, &slots, &outcomes);
+            results(&slots, outcomes)
+        }
         IngestReply::SpoolFull => retry_after(
             error(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -400,6 +407,45 @@ struct IngestAnswer<'a> {
     duplicates: u64,
     rejected: u64,
     results: Vec<EventResult<'a>>,
+}
+
+/// One WARN line for a request with refused events, naming its sender and the first refusal:
+/// a refused event is not archived, and whoever is on call must be able to tell which sender
+/// to call. One line a request, not one an event, so a sender looping on bad events cannot
+/// flood the log.
+fn log_refusals(principal: &str, peer: PeerAddr, slots: &[Slot], outcomes: &[EventOutcome]) {
+    let mut refused = slots
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, o)| matches!(o, EventOutcome::Rejected(_) | EventOutcome::Conflict));
+    let Some((slot, first)) = refused.next() else {
+        return;
+    };
+    let count = 1 + refused.count();
+    let (code, what, event_id) = match first {
+        EventOutcome::Rejected(e) => (
+            e.kind.as_str(),
+            e.to_string(),
+            e.event_id.as_deref().or(slot.event_id.as_deref()),
+        ),
+        _ => (
+            RejectKind::Conflict.as_str(),
+            CONFLICT_REASON.to_owned(),
+            slot.event_id.as_deref(),
+        ),
+    };
+    tracing::warn!(
+        principal,
+        %peer,
+        refused = count,
+        events = outcomes.len(),
+        index = slot.index,
+        line = slot.line,
+        event_id,
+        code,
+        "Refused {count} of {} events of a request; they are not archived unless their sender resends them. The first: {what}",
+        outcomes.len()
+    );
 }
 
 fn results(slots: &[Slot], outcomes: Vec<EventOutcome>) -> Response {

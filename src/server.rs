@@ -73,6 +73,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let metrics = m::install();
+    m::started(
+        settings.server.spool_max_bytes,
+        settings.anchor.as_ref().map(|a| a.delay),
+    );
     let development = matches!(settings.store, StoreSettings::Local { .. });
     let tokens = match (settings.server.tokens.is_empty(), development) {
         (false, _) => settings.server.tokens.clone(),
@@ -137,7 +141,12 @@ pub async fn run(
         crate::daemon::start(&archive, limits, cmd_rx, wake.clone())
     })
     .map_err(|e| anyhow::anyhow!(e))?;
-    let uploader = tokio::spawn(run_uploader(
+    // An upload error that retrying cannot mend (an outbox file that no longer matches its
+    // digest, a store that does not lock what it stores, a broken chain) ends the uploader.
+    // Events are still acknowledged into the spool, so it must not go unnoticed: `/readyz`
+    // turns 503 with the error and `wormvault_uploads_halted` turns 1 until a restart.
+    let halted: Arc<std::sync::OnceLock<String>> = Arc::default();
+    let uploading = run_uploader(
         archive.uploader(),
         wake.clone(),
         stop.clone(),
@@ -145,7 +154,21 @@ pub async fn run(
         Arc::new(Observer {
             commands: cmd_tx.clone(),
         }),
-    ));
+    );
+    let uploader = {
+        let (halted, stop) = (halted.clone(), stop.clone());
+        tokio::spawn(async move {
+            let result = uploading.await;
+            if let Err(e) = &result
+                && !stop.load(Ordering::Acquire)
+            {
+                let _ = halted.set(e.to_string());
+                m::uploads_halted();
+                tracing::error!(error = %e, "Uploads have stopped on an error that retrying cannot mend. Events are still acknowledged into the spool, but nothing more reaches the store until the cause is fixed and the daemon restarted (docs/OPERATIONS.md).");
+            }
+            result
+        })
+    };
 
     // Retrieval reads the same store; packages are signed with the anchor key, if this
     // daemon has it.
@@ -186,6 +209,7 @@ pub async fn run(
         archive.writer.clone(),
         bucket,
         shared.clone(),
+        halted,
     ));
     let sweeps_stop = tokio_util::sync::CancellationToken::new();
     let anchoring = match &settings.anchor {
@@ -295,6 +319,7 @@ async fn readiness_loop(
     writer: crate::layout::WriterId,
     mut full: Option<crate::bucket::BucketReport>,
     shared: Arc<Shared>,
+    uploads_halted: Arc<std::sync::OnceLock<String>>,
 ) {
     let min_days = settings.server.min_default_retention_days;
     let mut full_at = full.as_ref().map(|_| std::time::Instant::now());
@@ -307,7 +332,7 @@ async fn readiness_loop(
                 .await
                 .map_err(|e| e.to_string())
         };
-        let (ready, problems) = match checked {
+        let (mut ready, mut problems) = match checked {
             Ok(report) => {
                 if due {
                     full_at = Some(std::time::Instant::now());
@@ -323,6 +348,12 @@ async fn readiness_loop(
             }
             Err(e) => (false, vec![format!("the store is not reachable: {e}")]),
         };
+        if let Some(e) = uploads_halted.get() {
+            ready = false;
+            problems.push(format!(
+                "uploads have stopped (restart once the cause is fixed): {e}"
+            ));
+        }
         let (was, first) = {
             let r = shared.readiness.read().expect("lock");
             (r.ready, r.checked_at.is_none())

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use crate::event::Record;
 use crate::merkle::Hash;
 use crate::state::{Lane, LaneMap};
-use crate::timestamp::{Day, Timestamp};
+use crate::timestamp::Day;
 
 const VERSION: u8 = 1;
 /// No valid frame is larger than this (an event is at most a few MiB).
@@ -49,8 +49,6 @@ struct FileInfo {
     bytes: u64,
     /// Highest sequence number per lane in this file.
     lanes: LaneMap<u64>,
-    /// Earliest `ingested_at` in the file.
-    oldest: Option<Timestamp>,
 }
 
 /// The spool, owned by the sequencer.
@@ -199,11 +197,6 @@ impl Spool {
         self.total
     }
 
-    /// The earliest `ingested_at` of events still spooled, if known.
-    pub fn oldest(&self) -> Option<Timestamp> {
-        self.files.values().filter_map(|f| f.oldest).min()
-    }
-
     /// Bytes an append of `records` will add.
     pub fn frame_bytes(records: &[(Lane, u64, &Record)]) -> u64 {
         records
@@ -242,10 +235,6 @@ impl Spool {
             self.scratch[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
             let max = info.lanes.entry(*lane).or_insert(0);
             *max = (*max).max(*seq);
-            info.oldest = Some(
-                info.oldest
-                    .map_or(record.ingested_at, |o| o.min(record.ingested_at)),
-            );
         }
         self.active.write_all(&self.scratch)?;
         info.bytes += self.scratch.len() as u64;
@@ -328,6 +317,7 @@ impl Spool {
 mod tests {
     use super::*;
     use crate::event::{Limits, parse_event};
+    use crate::timestamp::Timestamp;
 
     fn record(i: u64) -> Record {
         let limits = Limits {

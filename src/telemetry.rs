@@ -92,7 +92,7 @@ pub mod metrics {
         describe_gauge!(
             "wormvault_spool_oldest_event_age_seconds",
             Unit::Seconds,
-            "Age of the oldest spooled event."
+            "Age (since ingestion) of the oldest acknowledged event not yet confirmed in the store; 0 when the store has them all."
         );
         describe_counter!(
             "wormvault_segments_sealed_total",
@@ -158,6 +158,73 @@ pub mod metrics {
             "wormvault_sweep_failures_total",
             "Scheduled sweeps that could not run."
         );
+        describe_gauge!(
+            "wormvault_build_info",
+            "1, labelled with the running version."
+        );
+        describe_gauge!(
+            "wormvault_spool_limit_bytes",
+            Unit::Bytes,
+            "spool.max_bytes: beyond it, new events get 429."
+        );
+        describe_gauge!(
+            "wormvault_anchor_last_day_timestamp_seconds",
+            Unit::Seconds,
+            "Start (00:00 UTC) of the latest day with a signed anchor in the store."
+        );
+        describe_gauge!(
+            "wormvault_anchor_delay_seconds",
+            Unit::Seconds,
+            "anchor.delay: how long after midnight (UTC) yesterday is anchored."
+        );
+        describe_counter!(
+            "wormvault_anchor_failures_total",
+            "Anchoring rounds that failed (retried a minute later)."
+        );
+        describe_gauge!(
+            "wormvault_uploads_halted",
+            "1 once uploads stopped on an error retrying cannot mend (until a restart)."
+        );
+    }
+
+    /// The daemon's constant series, and every counter an alert in `config/alerts.yml` reads
+    /// at zero: a counter never incremented is absent from `/metrics`, and `increase()` over
+    /// an absent series never fires. `anchor_delay` is `None` without an `[anchor]` section.
+    pub fn started(spool_limit_bytes: u64, anchor_delay: Option<Duration>) {
+        ::metrics::gauge!("wormvault_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        ::metrics::gauge!("wormvault_spool_limit_bytes").set(spool_limit_bytes as f64);
+        ::metrics::gauge!("wormvault_uploads_halted").set(0.0);
+        if let Some(delay) = anchor_delay {
+            ::metrics::gauge!("wormvault_anchor_delay_seconds").set(delay.as_secs_f64());
+            ::metrics::counter!("wormvault_anchor_failures_total").increment(0);
+        }
+        for name in [
+            "wormvault_events_accepted_total",
+            "wormvault_events_duplicate_total",
+            "wormvault_segments_sealed_total",
+            "wormvault_batches_uploaded_total",
+            "wormvault_upload_errors_total",
+            "wormvault_backpressure_total",
+        ] {
+            ::metrics::counter!(name).increment(0);
+        }
+        for level in ["quick", "full"] {
+            ::metrics::counter!("wormvault_sweep_failures_total", "level" => level).increment(0);
+        }
+    }
+
+    /// The latest day anchored in the store, as the time its day began.
+    pub fn anchored_through(day: crate::timestamp::Day) {
+        ::metrics::gauge!("wormvault_anchor_last_day_timestamp_seconds")
+            .set(day.start().as_micros() as f64 / 1e6);
+    }
+
+    pub fn uploads_halted() {
+        ::metrics::gauge!("wormvault_uploads_halted").set(1.0);
+    }
+
+    pub fn anchor_failed() {
+        ::metrics::counter!("wormvault_anchor_failures_total").increment(1);
     }
 
     pub fn outcomes(outcomes: &[EventOutcome]) {

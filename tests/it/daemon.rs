@@ -456,7 +456,30 @@ fn malformed_input_gets_precise_answers_and_good_events_still_land() {
         metric("wormvault_seal_handover_seconds_count"),
         Some(sealed)
     );
+    // The store has every acknowledged event, so none is waiting, though the spool's file
+    // still holds them until it is reclaimed whole.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric("wormvault_spool_oldest_event_age_seconds") != Some(0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "an event is reported waiting for the store: {:?}",
+            metric("wormvault_spool_oldest_event_age_seconds")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(metric("wormvault_spool_bytes").unwrap() > 0.0);
     assert_eq!(d.term(), Some(0));
+    // Refused events are logged once per request, naming the sender (the token's name).
+    let logs = d.logs();
+    let logged = |what: &str| {
+        logs.lines()
+            .any(|l| l.contains(what) && l.contains(r#""principal":"capture""#))
+    };
+    assert!(
+        logged("events of a request; they are not archived"),
+        "{logs}"
+    );
+    assert!(logged("Refused a request's body (400)"), "{logs}");
     let ids: BTreeSet<String> = archived_ids(&dir.path().join("archive"))
         .into_iter()
         .collect();
@@ -675,6 +698,18 @@ fn a_store_outage_engages_backpressure_and_recovers() {
     assert!(
         spool >= 300.0 * 1024.0,
         "the spool is at its limit: {spool}"
+    );
+    // The backlog's age grows while nothing arrives and nothing reaches the store.
+    let age = || {
+        rt.block_on(c.metric("wormvault_spool_oldest_event_age_seconds"))
+            .unwrap()
+    };
+    let before = age();
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = age();
+    assert!(
+        before > 0.0 && after >= before + 1.0,
+        "the age of the oldest waiting event: {before} then {after}"
     );
     // Not ready while the store is gone.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -1301,4 +1336,103 @@ fn retrieval_is_for_compliance_only_and_is_itself_archived() {
             .all(|a| a["event"]["actor"]["id"] == "examiner-desk")
     );
     assert_eq!(d.term(), Some(0));
+}
+
+/// An upload error that retrying cannot mend (here: a sealed segment changed on the local disk
+/// while the store was away) stops uploads loudly: `/readyz` 503 with the error, the halted
+/// gauge at 1, an ERROR line; the corrupt bytes never reach the store, and events are still
+/// acknowledged into the spool.
+#[test]
+fn uploads_that_cannot_succeed_stop_loudly() {
+    let rt = runtime();
+    let bucket = unique("halted");
+    rt.block_on(create_bucket(
+        &admin_client(&s3_endpoint()),
+        &bucket,
+        BucketKind::LockWithDefault,
+    ));
+    let upstream: std::net::SocketAddr =
+        s3_endpoint().trim_start_matches("http://").parse().unwrap();
+    let proxy = rt.block_on(crate::proxy::Proxy::start(upstream));
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = Arc::new(Tokens::new());
+    let store = format!(
+        "[store]\nkind = \"s3\"\n[store.s3]\nbucket = {bucket:?}\nendpoint = \"{}\"\nconnect_timeout = \"1s\"\noperation_timeout = \"3s\"\n",
+        proxy.url()
+    );
+    let extra = "[batch]\nmax_age = \"200ms\"\n[upload]\nbackoff_initial = \"100ms\"\nbackoff_max = \"500ms\"\n";
+    let mut d = Daemon::start(dir.path(), &store, extra, tokens.clone());
+    let c = d.client();
+    let metric = |name: &str| rt.block_on(c.metric(name));
+    assert_eq!(metric("wormvault_uploads_halted"), Some(0.0));
+
+    proxy.set_down(true);
+    let r = rt
+        .block_on(c.post_events(&tokens.ingest, ndjson(&events("held", 20))))
+        .unwrap();
+    assert_eq!(r.json()["accepted"], 20, "{}", r.text());
+    // Sealed into the outbox, and the upload failing.
+    let outbox = dir.path().join("state/outbox");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let file = loop {
+        let sealed = walk(&outbox)
+            .into_iter()
+            .find(|p| p.extension().is_some_and(|e| e == "parquet"));
+        if let Some(f) = sealed
+            && metric("wormvault_upload_errors_total").unwrap_or(0.0) >= 1.0
+        {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "nothing sealed:\n{}", d.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The disk changes one byte of the sealed segment.
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&file, &bytes).unwrap();
+
+    proxy.set_down(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric("wormvault_uploads_halted") != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "uploads did not halt:\n{}",
+            d.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ready = loop {
+        let r = rt.block_on(c.get("/readyz")).unwrap();
+        if r.status == 503 {
+            break r.json();
+        }
+        assert!(Instant::now() < deadline, "readyz stayed 200");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let problems = ready["problems"].to_string();
+    assert!(
+        problems.contains("uploads have stopped")
+            && problems.contains("does not match the SHA-256"),
+        "{ready}"
+    );
+    // Still acknowledging into the spool.
+    let r = rt
+        .block_on(c.post_events(&tokens.ingest, ndjson(&events("after", 5))))
+        .unwrap();
+    assert_eq!(r.json()["accepted"], 5, "{}", r.text());
+    assert_eq!(d.term(), Some(0));
+    assert!(d.logs().contains("Uploads have stopped"), "{}", d.logs());
+    let stored = rt
+        .block_on(
+            admin_client(&s3_endpoint())
+                .list_objects_v2()
+                .bucket(&bucket)
+                .prefix("segments/")
+                .send(),
+        )
+        .unwrap();
+    assert_eq!(stored.contents().len(), 0, "the corrupt segment was stored");
 }
