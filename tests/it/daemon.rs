@@ -1338,6 +1338,137 @@ fn retrieval_is_for_compliance_only_and_is_itself_archived() {
     assert_eq!(d.term(), Some(0));
 }
 
+/// The shipped alerting rules read only metrics a running daemon exports: a daemon that has
+/// anchored, swept, ingested and uploaded serves every series they name (checked against a
+/// live scrape, names read from the rules by an independent YAML reader), and each rule links
+/// to a section of the runbook. The anchor gauge is the day just anchored.
+#[test]
+fn every_alert_reads_metrics_the_daemon_exports() {
+    let rt = runtime();
+    let now = wormvault::timestamp::Timestamp::now();
+    // Yesterday is anchored once `delay` (20 s) has passed after midnight.
+    let since_midnight = now.as_micros() - now.day().start().as_micros();
+    if since_midnight < 30_000_000 {
+        std::thread::sleep(Duration::from_micros((30_000_000 - since_midnight) as u64));
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (rules, runbook) = (
+        root.join("config/alerts.yml"),
+        root.join("docs/OPERATIONS.md"),
+    );
+    let checked = python(
+        "check_alerts.py",
+        &[rules.to_str().unwrap(), runbook.to_str().unwrap()],
+    );
+    assert_eq!(checked["problems"], serde_json::json!([]), "{checked}");
+    let wanted: Vec<String> = checked["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap().to_owned())
+        .collect();
+    assert!(wanted.len() >= 12, "{checked}");
+
+    // Yesterday's records, imported by another writer, so the daemon anchors as it starts.
+    let dir = tempfile::tempdir().unwrap();
+    let store = local_store(dir.path());
+    let import_config = dir.path().join("import.toml");
+    std::fs::write(
+        &import_config,
+        format!(
+            "state_dir = {:?}\nwriter_id = \"backfill\"\n{store}",
+            dir.path().join("import-state").display().to_string()
+        ),
+    )
+    .unwrap();
+    let yesterday = now.day().prev();
+    let old: Vec<String> = (0..5)
+        .map(|i| {
+            event(
+                &format!("y-{i}"),
+                &format!("{yesterday}T12:00:0{i}Z"),
+                "trade.new",
+                "T-1",
+            )
+        })
+        .collect();
+    std::fs::write(dir.path().join("old.ndjson"), ndjson(&old)).unwrap();
+    let old_path = dir.path().join("old.ndjson");
+    cli_succeeds(&import_config, &["archive", old_path.to_str().unwrap()]);
+
+    let key = wormvault::note::SignerKey::generate("alerts-test").unwrap();
+    let key_path = dir.path().join("anchor.key");
+    std::fs::write(&key_path, key.to_secret_string()).unwrap();
+    let extra = format!(
+        "[batch]\nmax_age = \"2s\"\n[anchor]\nsigning_key = {:?}\nverification_keys = [\"{}\"]\norigin = \"test/alerts\"\ndelay = \"20s\"\nclose_after = \"5s\"\n[sweep]\nquick = \"*/1 * * * * *\"\nfull = \"*/2 * * * * *\"\n",
+        key_path.display().to_string(),
+        key.verifier()
+    );
+    let tokens = Arc::new(Tokens::new());
+    let mut d = Daemon::start(dir.path(), &store, &extra, tokens.clone());
+    let c = d.client();
+    let metric = |name: &str| rt.block_on(c.metric(name));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let want_day = yesterday.start().as_micros() as f64 / 1e6;
+    while metric("wormvault_anchor_last_day_timestamp_seconds") != Some(want_day) {
+        assert!(
+            Instant::now() < deadline,
+            "yesterday was not anchored: {:?}\n{}",
+            metric("wormvault_anchor_last_day_timestamp_seconds"),
+            d.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(metric("wormvault_anchor_delay_seconds"), Some(20.0));
+    // Today's events, acknowledged and uploaded: the ingest and upload histograms.
+    assert_eq!(
+        rt.block_on(c.post_events(&tokens.ingest, ndjson(&events("today", 10))))
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        rt.block_on(c.flush(&tokens.admin)).unwrap().json()["uploaded"],
+        true
+    );
+    // A refused token and a refused event: their counters are labelled by reason.
+    assert_eq!(
+        rt.block_on(c.post_events("not-a-token", ndjson(&events("nope", 1))))
+            .unwrap()
+            .status,
+        401
+    );
+    let refused = rt
+        .block_on(c.post_events(
+            &tokens.ingest,
+            Bytes::from_static(b"{\"event_id\":\"x-1\"}\n"),
+        ))
+        .unwrap();
+    assert_eq!(refused.json()["rejected"], 1, "{}", refused.text());
+    // A series of `name`, or a histogram's buckets.
+    let text = |name: &str, text: &str| {
+        text.lines().any(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']) || rest.starts_with("_bucket{"))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let scrape = rt.block_on(c.get("/metrics")).unwrap().text();
+        let missing: Vec<&String> = wanted.iter().filter(|m| !text(m, &scrape)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alerts read metrics the daemon does not export: {missing:?}\n{scrape}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(metric("wormvault_uploads_halted"), Some(0.0));
+    assert_eq!(d.term(), Some(0));
+}
+
 /// An upload error that retrying cannot mend (here: a sealed segment changed on the local disk
 /// while the store was away) stops uploads loudly: `/readyz` 503 with the error, the halted
 /// gauge at 1, an ERROR line; the corrupt bytes never reach the store, and events are still
