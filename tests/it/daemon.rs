@@ -605,12 +605,13 @@ fn a_crash_loop_loses_no_acknowledged_event() {
     );
 }
 
-/// The store goes away under load: acknowledged events stay safe, the spool fills to its limit
-/// and back-pressure (429 + Retry-After) engages, and the daemon recovers by itself.
-#[test]
-fn a_store_outage_engages_backpressure_and_recovers() {
-    let rt = runtime();
-    let bucket = unique("outage");
+/// A new LocalStack lock bucket reached through a proxy the test can take down: the bucket,
+/// the proxy, and the `[store]` TOML with short timeouts.
+fn behind_a_proxy(
+    rt: &tokio::runtime::Runtime,
+    tag: &str,
+) -> (String, crate::proxy::Proxy, String) {
+    let bucket = unique(tag);
     rt.block_on(create_bucket(
         &admin_client(&s3_endpoint()),
         &bucket,
@@ -619,12 +620,21 @@ fn a_store_outage_engages_backpressure_and_recovers() {
     let upstream: std::net::SocketAddr =
         s3_endpoint().trim_start_matches("http://").parse().unwrap();
     let proxy = rt.block_on(crate::proxy::Proxy::start(upstream));
-    let dir = tempfile::tempdir().unwrap();
-    let tokens = Arc::new(Tokens::new());
     let store = format!(
         "[store]\nkind = \"s3\"\n[store.s3]\nbucket = {bucket:?}\nendpoint = \"{}\"\nconnect_timeout = \"1s\"\noperation_timeout = \"3s\"\n",
         proxy.url()
     );
+    (bucket, proxy, store)
+}
+
+/// The store goes away under load: acknowledged events stay safe, the spool fills to its limit
+/// and back-pressure (429 + Retry-After) engages, and the daemon recovers by itself.
+#[test]
+fn a_store_outage_engages_backpressure_and_recovers() {
+    let rt = runtime();
+    let (bucket, proxy, store) = behind_a_proxy(&rt, "outage");
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = Arc::new(Tokens::new());
     let extra = "[batch]\nmax_events = 100\nmax_age = \"200ms\"\n[spool]\nmax_bytes = \"300KiB\"\nfile_bytes = \"32KiB\"\n[upload]\nbackoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n";
     let mut d = Daemon::start(dir.path(), &store, extra, tokens.clone());
     let c = d.client();
@@ -1476,21 +1486,9 @@ fn every_alert_reads_metrics_the_daemon_exports() {
 #[test]
 fn uploads_that_cannot_succeed_stop_loudly() {
     let rt = runtime();
-    let bucket = unique("halted");
-    rt.block_on(create_bucket(
-        &admin_client(&s3_endpoint()),
-        &bucket,
-        BucketKind::LockWithDefault,
-    ));
-    let upstream: std::net::SocketAddr =
-        s3_endpoint().trim_start_matches("http://").parse().unwrap();
-    let proxy = rt.block_on(crate::proxy::Proxy::start(upstream));
+    let (bucket, proxy, store) = behind_a_proxy(&rt, "halted");
     let dir = tempfile::tempdir().unwrap();
     let tokens = Arc::new(Tokens::new());
-    let store = format!(
-        "[store]\nkind = \"s3\"\n[store.s3]\nbucket = {bucket:?}\nendpoint = \"{}\"\nconnect_timeout = \"1s\"\noperation_timeout = \"3s\"\n",
-        proxy.url()
-    );
     let extra = "[batch]\nmax_age = \"200ms\"\n[upload]\nbackoff_initial = \"100ms\"\nbackoff_max = \"500ms\"\n";
     let mut d = Daemon::start(dir.path(), &store, extra, tokens.clone());
     let c = d.client();
@@ -1524,7 +1522,8 @@ fn uploads_that_cannot_succeed_stop_loudly() {
     bytes[mid] ^= 0x01;
     std::fs::write(&file, &bytes).unwrap();
 
-    proxy.set_down(false);
+    // The next attempt reads the changed file (one that read it before may still be under
+    // way; with the store down it cannot succeed) and stops.
     let deadline = Instant::now() + Duration::from_secs(30);
     while metric("wormvault_uploads_halted") != Some(1.0) {
         assert!(
@@ -1534,19 +1533,24 @@ fn uploads_that_cannot_succeed_stop_loudly() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // With the store back, the daemon stays not ready, and says why.
+    proxy.set_down(false);
     let deadline = Instant::now() + Duration::from_secs(20);
     let ready = loop {
         let r = rt.block_on(c.get("/readyz")).unwrap();
-        if r.status == 503 {
-            break r.json();
+        let v = r.json();
+        let problems = v["problems"].to_string();
+        if !problems.contains("not reachable") && problems.contains("uploads have stopped") {
+            assert_eq!(r.status, 503, "{v}");
+            break v;
         }
-        assert!(Instant::now() < deadline, "readyz stayed 200");
+        assert!(Instant::now() < deadline, "readyz: {} {v}", r.status);
         std::thread::sleep(Duration::from_millis(200));
     };
-    let problems = ready["problems"].to_string();
     assert!(
-        problems.contains("uploads have stopped")
-            && problems.contains("does not match the SHA-256"),
+        ready["problems"]
+            .to_string()
+            .contains("does not match the SHA-256"),
         "{ready}"
     );
     // Still acknowledging into the spool.
