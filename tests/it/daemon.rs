@@ -468,6 +468,14 @@ fn malformed_input_gets_precise_answers_and_good_events_still_land() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(metric("wormvault_spool_bytes").unwrap() > 0.0);
+    // A restart replays that spool file (then reclaims it): its events are in the store, so
+    // none is reported waiting (the replay must not count them).
+    d.restart();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        metric("wormvault_spool_oldest_event_age_seconds"),
+        Some(0.0)
+    );
     assert_eq!(d.term(), Some(0));
     // Refused events are logged once per request, naming the sender (the token's name).
     let logs = d.logs();
@@ -578,6 +586,23 @@ fn a_crash_loop_loses_no_acknowledged_event() {
         "{}",
         d.logs()
     );
+    // What was replayed, and what waited in the outbox, is confirmed: nothing is reported
+    // waiting for the store.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let age = || {
+        rt.block_on(
+            d.client()
+                .metric("wormvault_spool_oldest_event_age_seconds"),
+        )
+    };
+    while age() != Some(0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "after replay, an event is reported waiting: {:?}",
+            age()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(d.term(), Some(0));
     let acked = acked.lock().unwrap().clone();
     assert!(
@@ -1378,6 +1403,37 @@ fn every_alert_reads_metrics_the_daemon_exports() {
         .map(|m| m.as_str().unwrap().to_owned())
         .collect();
     assert!(wanted.len() >= 12, "{checked}");
+    // Every expression parses with Prometheus's own PromQL grammar; one broken on purpose
+    // shows the parser does report errors.
+    let tools = std::env::var("WORMVAULT_TEST_PROMQL")
+        .expect("WORMVAULT_TEST_PROMQL is not set: scripts/test installs the PromQL grammar");
+    let mut exprs = checked["exprs"].clone();
+    exprs["(broken on purpose)"] = "sum(rate(wormvault_ready[5m]) >".into();
+    let mut node = Command::new("node")
+        .arg(root.join("tests/js/check_promql.mjs"))
+        .arg(&tools)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node");
+    std::io::Write::write_all(
+        &mut node.stdin.take().unwrap(),
+        exprs.to_string().as_bytes(),
+    )
+    .unwrap();
+    let out = node.wait_with_output().unwrap();
+    assert!(out.status.success(), "check_promql.mjs failed");
+    let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(parsed["(broken on purpose)"].is_u64(), "{parsed}");
+    for alert in checked["alerts"].as_array().unwrap() {
+        let alert = alert.as_str().unwrap();
+        assert!(
+            parsed[alert].is_null(),
+            "{alert}: a PromQL syntax error at offset {}: {}",
+            parsed[alert],
+            exprs[alert]
+        );
+    }
 
     // Yesterday's records, imported by another writer, so the daemon anchors as it starts.
     let dir = tempfile::tempdir().unwrap();
