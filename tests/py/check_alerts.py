@@ -1,7 +1,8 @@
 """Checks a Prometheus alerting rules file for wormvault, independently of the daemon: it is
 YAML with the structure Prometheus loads (groups of rules, each an alert with an expression,
-a severity and annotations), every runbook link names a section of the runbook, and every
-wormvault metric the expressions read is listed for the caller to find in a live /metrics.
+a severity and annotations), every runbook link names a section of the runbook; it returns
+the expressions (for a PromQL parser) and every wormvault metric they read (for the caller to
+find in a live /metrics).
 Usage: check_alerts.py RULES.yml RUNBOOK.md"""
 
 import json
@@ -26,7 +27,7 @@ def slug(heading):
 with open(runbook_path) as f:
     anchors = {slug(m.group(1)) for m in re.finditer(r"^#+ (.+)$", f.read(), re.M)}
 
-metrics, names = set(), []
+metrics, names, exprs = set(), [], {}
 groups = doc.get("groups") if isinstance(doc, dict) else None
 if not groups:
     problems.append("no groups")
@@ -47,13 +48,7 @@ for g in groups or []:
         if not isinstance(expr, str) or not expr.strip():
             problems.append(f"{name}: no expression")
             continue
-        depth = 0
-        for ch in expr:
-            depth += {"(": 1, ")": -1}.get(ch, 0)
-            if depth < 0:
-                break
-        if depth != 0:
-            problems.append(f"{name}: unbalanced parentheses in {expr!r}")
+        exprs[name] = expr
         if "for" in r and not re.fullmatch(r"\d+[smhd]", str(r["for"])):
             problems.append(f"{name}: `for` is not a duration: {r['for']!r}")
         if (r.get("labels") or {}).get("severity") not in ("warning", "critical"):
@@ -70,4 +65,4 @@ for g in groups or []:
 if len(names) != len(set(names)):
     problems.append("an alert name is used twice")
 
-print(json.dumps({"alerts": names, "metrics": sorted(metrics), "problems": problems}))
+print(json.dumps({"alerts": names, "exprs": exprs, "metrics": sorted(metrics), "problems": problems}))
