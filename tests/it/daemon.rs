@@ -1054,16 +1054,7 @@ fn scheduled_sweeps_report_tampering_to_metrics_and_the_webhook() {
     let extra = format!("[sweep]\nquick = \"*/1 * * * * *\"\nfull = \"\"\nwebhook = \"{hook}\"\n");
     let mut d = Daemon::start(dir.path(), &local_store(dir.path()), &extra, tokens.clone());
     let c = d.client();
-    assert_eq!(
-        rt.block_on(c.post_events(&tokens.ingest, ndjson(&events("sched", 40))))
-            .unwrap()
-            .status,
-        200
-    );
-    assert_eq!(
-        rt.block_on(c.flush(&tokens.admin)).unwrap().json()["uploaded"],
-        true
-    );
+    post_and_flush(&c, &tokens, &events("sched", 40));
     // Tamper with the segment through the file system.
     let seg = walk(&dir.path().join("archive/segments"))
         .into_iter()
@@ -1104,6 +1095,47 @@ fn scheduled_sweeps_report_tampering_to_metrics_and_the_webhook() {
     assert!(reports.len() >= 2, "sealed sweep reports: {reports:?}");
 }
 
+/// Posts `events` (all must be acknowledged), then flushes until they are in the store.
+fn post_and_flush(c: &Client, tokens: &Tokens, events: &[String]) {
+    let r = runtime()
+        .block_on(c.post_events(&tokens.ingest, ndjson(events)))
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["accepted"], events.len(), "{}", r.text());
+    assert_eq!(
+        runtime().block_on(c.flush(&tokens.admin)).unwrap().json()["uploaded"],
+        true
+    );
+}
+
+/// Now, once at least `by` has passed since the last UTC midnight (sleeping until then).
+fn past_midnight(by: Duration) -> wormvault::timestamp::Timestamp {
+    let now = wormvault::timestamp::Timestamp::now();
+    let since = Duration::from_micros((now.as_micros() - now.day().start().as_micros()) as u64);
+    if since < by {
+        std::thread::sleep(by - since);
+        return wormvault::timestamp::Timestamp::now();
+    }
+    now
+}
+
+/// Imports `events` into `store` with `wormvault archive` as the writer `backfill`, its state
+/// under `dir`.
+fn backfill(dir: &Path, store: &str, events: &[String]) {
+    let config = dir.join("import.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\nwriter_id = \"backfill\"\n{store}",
+            dir.join("import-state").display().to_string()
+        ),
+    )
+    .unwrap();
+    let file = dir.join("old.ndjson");
+    std::fs::write(&file, ndjson(events)).unwrap();
+    cli_succeeds(&config, &["archive", file.to_str().unwrap()]);
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -1123,12 +1155,8 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn two_daemons_racing_to_anchor_leave_one_anchor_per_day() {
     let rt = runtime();
-    let now = wormvault::timestamp::Timestamp::now();
     // The daemons anchor yesterday once `delay` (2 min) has passed after midnight.
-    let since_midnight = now.as_micros() - now.day().start().as_micros();
-    if since_midnight < 180_000_000 {
-        std::thread::sleep(Duration::from_micros((180_000_000 - since_midnight) as u64));
-    }
+    let now = past_midnight(Duration::from_secs(180));
     let (bucket, store) = shared_bucket(&rt, "anchored");
     let keys_dir = tempfile::tempdir().unwrap();
     let key = |name: &str| {
@@ -1146,18 +1174,7 @@ fn two_daemons_racing_to_anchor_leave_one_anchor_per_day() {
     };
     // Records from before anchoring was turned on, imported on their own day.
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let import_config = da.path().join("import.toml");
-    std::fs::write(
-        &import_config,
-        format!(
-            "state_dir = {:?}\nwriter_id = \"backfill\"\n{store}",
-            da.path().join("import-state").display().to_string()
-        ),
-    )
-    .unwrap();
-    std::fs::write(da.path().join("old.ndjson"), ndjson(&events("old", 20))).unwrap();
-    let old = da.path().join("old.ndjson");
-    cli_succeeds(&import_config, &["archive", old.to_str().unwrap()]);
+    backfill(da.path(), &store, &events("old", 20));
 
     let tokens = Arc::new(Tokens::new());
     let (tx, rx) = std::sync::mpsc::channel();
@@ -1380,12 +1397,8 @@ fn retrieval_is_for_compliance_only_and_is_itself_archived() {
 #[test]
 fn every_alert_reads_metrics_the_daemon_exports() {
     let rt = runtime();
-    let now = wormvault::timestamp::Timestamp::now();
     // Yesterday is anchored once `delay` (20 s) has passed after midnight.
-    let since_midnight = now.as_micros() - now.day().start().as_micros();
-    if since_midnight < 30_000_000 {
-        std::thread::sleep(Duration::from_micros((30_000_000 - since_midnight) as u64));
-    }
+    let now = past_midnight(Duration::from_secs(30));
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (rules, runbook) = (
         root.join("config/alerts.yml"),
@@ -1438,15 +1451,6 @@ fn every_alert_reads_metrics_the_daemon_exports() {
     // Yesterday's records, imported by another writer, so the daemon anchors as it starts.
     let dir = tempfile::tempdir().unwrap();
     let store = local_store(dir.path());
-    let import_config = dir.path().join("import.toml");
-    std::fs::write(
-        &import_config,
-        format!(
-            "state_dir = {:?}\nwriter_id = \"backfill\"\n{store}",
-            dir.path().join("import-state").display().to_string()
-        ),
-    )
-    .unwrap();
     let yesterday = now.day().prev();
     let old: Vec<String> = (0..5)
         .map(|i| {
@@ -1458,9 +1462,7 @@ fn every_alert_reads_metrics_the_daemon_exports() {
             )
         })
         .collect();
-    std::fs::write(dir.path().join("old.ndjson"), ndjson(&old)).unwrap();
-    let old_path = dir.path().join("old.ndjson");
-    cli_succeeds(&import_config, &["archive", old_path.to_str().unwrap()]);
+    backfill(dir.path(), &store, &old);
 
     let key = wormvault::note::SignerKey::generate("alerts-test").unwrap();
     let key_path = dir.path().join("anchor.key");
@@ -1487,16 +1489,7 @@ fn every_alert_reads_metrics_the_daemon_exports() {
     }
     assert_eq!(metric("wormvault_anchor_delay_seconds"), Some(20.0));
     // Today's events, acknowledged and uploaded: the ingest and upload histograms.
-    assert_eq!(
-        rt.block_on(c.post_events(&tokens.ingest, ndjson(&events("today", 10))))
-            .unwrap()
-            .status,
-        200
-    );
-    assert_eq!(
-        rt.block_on(c.flush(&tokens.admin)).unwrap().json()["uploaded"],
-        true
-    );
+    post_and_flush(&c, &tokens, &events("today", 10));
     // A refused token and a refused event: their counters are labelled by reason.
     assert_eq!(
         rt.block_on(c.post_events("not-a-token", ndjson(&events("nope", 1))))
