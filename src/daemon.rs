@@ -170,12 +170,18 @@ pub fn start(
         if s.seq <= lane_confirmed {
             return Ok(()); // in the store
         }
+        if s.seq < committed_next {
+            // Sealed before the restart, waiting in the outbox: only its age is wanted, for
+            // the metrics, so a record that does not read back costs the metric, never the
+            // start (sealing read it already; the outbox file is what gets uploaded).
+            if let Ok(record) = Record::from_canonical(s.canonical, s.digest) {
+                backlog.note(s.lane, s.seq, record.ingested_at);
+            }
+            return Ok(());
+        }
         let record = Record::from_canonical(s.canonical, s.digest)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("spool record: {e}")))?;
         backlog.note(s.lane, s.seq, record.ingested_at);
-        if s.seq < committed_next {
-            return Ok(()); // sealed before the restart, waiting in the outbox
-        }
         match batcher.reserve(Box::new(record)).map_err(std::io::Error::other)? {
             Reserved::New { lane, seq, record } if seq == s.seq && lane == s.lane => {
                 batcher.place(lane, seq, record);
